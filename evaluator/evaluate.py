@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import errors, provenance
+from .agents import CODE_BEARING
 from .drift import drift_notes
 from .envs import resolve_env
 from .hub import RepoSnapshot, fetch
@@ -32,10 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def _run_part(job: Job, progress: Callable[[int, int], None] | None = None) -> JobOutcome:
-    """One job (or one part of one) in its own sandbox process (evaluator.sandbox)."""
-    from .sandbox import run_sandboxed
+    """One job (or one part of one): refereed here against its own confined player."""
+    from .sandbox.referee import play
 
-    return run_sandboxed(job, progress=progress)
+    return play(job, progress=progress)
 
 
 def _choose_seeds(n: int):
@@ -52,9 +53,13 @@ def _split(n: int, parts: int) -> list[list[int]]:
 
 def run_job(job: Job, *, processes: int = 1,
             progress: Callable[[int, int], None] | None = None) -> JobOutcome:
-    """Run all episodes in one sandbox process, or split over `processes` sandbox processes
-    running at once (the replay, if any, with the first part); per-episode results are the same
-    either way. A crash, hang or OOM of any part raises its typed EvaluationError."""
+    """Run all episodes against one player, or split over `processes` players at once (the
+    replay, if any, with the first part); per-episode results are the same either way. A
+    code-bearing agent may keep state between calls, so it is always played by one player in
+    the canonical order, whatever `processes` says. A crash, hang or OOM of any part raises
+    its typed EvaluationError."""
+    if job.agent_format in CODE_BEARING:
+        processes = 1
     if processes <= 1:
         return _run_part(job, progress)
     chunks = _split(job.n_episodes, processes)

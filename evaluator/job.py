@@ -1,6 +1,7 @@
-"""One unit of agent work: load an agent from a local snapshot and run episodes of an
-evaluation (optionally a replay). Plain data in and out, so it can run in this process, in a
-spawned process or inside a sandbox process (evaluator.sandbox) with the same results."""
+"""One unit of agent work: the episodes of an evaluation (or a part of them) for an agent in a
+local snapshot, optionally with the replay of the first. Plain data in and out. It is played by
+the referee against a confined player (`evaluator.sandbox.referee.play`), or all in this
+process (`execute`, data-only formats), with the same per-episode results either way."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .agents import load_agent
-from .agents.base import AgentFiles, LoadedAgent
+from .agents import describe_agent, load_agent
+from .agents.base import AgentFiles
 from .envs import EnvSpec, make_env, resolve_env
 from .errors import UnsupportedFormatError
 from .runner import EpisodeResults, run_episodes
+
+if TYPE_CHECKING:
+    from .video import ReplayRecorder
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,45 @@ def single_thread() -> None:
     torch.set_num_threads(1)
 
 
-def load(job: Job, spec: EnvSpec) -> LoadedAgent:
+def describe(job: Job) -> tuple[EnvSpec, str, dict[str, Any]]:
+    """(env spec, algo, details) of `job`, decided in this (trusted) process from the repo's files
+    read as data. The env wrappers and frame stack come from here, never from a player."""
+    spec = resolve_env(job.env_id)
+    algo, details = describe_agent(job.agent_format, AgentFiles(Path(job.root), job.agent_file, job.files))
+    wrappers = details.get("env_wrappers") or []
+    if wrappers or details.get("frame_stack"):
+        raise UnsupportedFormatError(
+            f"the agent was trained with env wrappers {wrappers or ''} / frame stacking "
+            f"{details.get('frame_stack') or ''}, which the evaluator does not apply yet: "
+            "scoring it without them would be wrong")
+    return spec, algo, details
+
+
+def recorded_outcome(job: Job, spec: EnvSpec, algo: str, details: dict[str, Any],
+                     run: Callable[[ReplayRecorder | None], EpisodeResults]) -> JobOutcome:
+    """Run the episodes (`run(recorder)`), recording the replay of the first one when the job
+    asks for it, during the scored run itself."""
+    recorder = None
+    if job.video_path:
+        from .video import ReplayRecorder
+
+        recorder = ReplayRecorder(Path(job.video_path))
+    try:
+        episodes = run(recorder)
+    finally:
+        if recorder is not None:
+            recorder.abort()
+    outcome = JobOutcome(algo, job.agent_format, episodes, dict(details))
+    if recorder is not None:
+        outcome.video = str(recorder.replay.path) if recorder.replay else None
+        outcome.video_error = None if recorder.replay else (recorder.error or "the replay was not recorded")
+    return outcome
+
+
+def execute(job: Job, progress: Callable[[int, int], None] | None = None) -> JobOutcome:
+    """The whole job in THIS process (no confinement): for data-only formats, trusted callers,
+    benchmarks and tests. Code-bearing formats refuse to load here. Raises EvaluationError."""
+    spec, algo, details = describe(job)
     single_thread()
     env = make_env(spec)
     try:
@@ -76,27 +118,6 @@ def load(job: Job, spec: EnvSpec) -> LoadedAgent:
         agent = load_agent(job.agent_format, files, env.observation_space, env.action_space)
     finally:
         env.close()
-    wrappers = agent.details.get("env_wrappers") or []
-    if wrappers or agent.details.get("frame_stack"):
-        raise UnsupportedFormatError(
-            f"the agent was trained with env wrappers {wrappers or ''} / frame stacking "
-            f"{agent.details.get('frame_stack') or ''}, which the evaluator does not apply yet: "
-            "scoring it without them would be wrong")
-    return agent
-
-
-def execute(job: Job, progress: Callable[[int, int], None] | None = None) -> JobOutcome:
-    """Load, run the job's episodes, and record the replay if asked; raises EvaluationError."""
-    spec = resolve_env(job.env_id)
-    agent = load(job, spec)
-    episodes = run_episodes(agent.policy, spec, n_episodes=job.n_episodes, seeds=job.seeds,
-                            episode_indices=job.episode_indices, progress=progress)
-    outcome = JobOutcome(agent.algo, agent.format, episodes, dict(agent.details))
-    if job.video_path:
-        from .video import record_replay
-
-        try:
-            outcome.video = str(record_replay(agent.policy, spec, job.seeds[0], Path(job.video_path)))
-        except Exception as err:  # a failed replay is reported, never fails the score
-            outcome.video_error = f"{type(err).__name__}: {err}"
-    return outcome
+    return recorded_outcome(job, spec, algo, details, lambda recorder: run_episodes(
+        agent.policy, spec, n_episodes=job.n_episodes, seeds=job.seeds, episode_indices=job.episode_indices,
+        progress=progress, recorder=recorder))

@@ -18,14 +18,14 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from evaluator.agents.base import Policy
-from evaluator.envs import EnvSpec, make_vector_env
+from evaluator.envs import EnvSpec, make_env, make_vector_env
 from evaluator.errors import InvalidActionError
 
 # Protocol constants: changing any of them changes results, so it bumps PROTOCOL_VERSION.
@@ -184,20 +184,84 @@ def check_action(space: gym.Space, action: Any) -> Any:
     return action
 
 
+def action_seed(env_seed: int) -> int:
+    """The per-episode seed of a stochastic policy's draws, derived one way from the episode's
+    env seed: a player never learns the (possibly private) env seeds from it."""
+    digest = hashlib.sha256(f"evaluator/protocol-v{PROTOCOL_VERSION}/action-seed/{int(env_seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+@dataclass
+class Rows:
+    """What the policy call knows of each of the `N_SLOTS` rows besides its observation: whether it
+    is live (padding rows' actions are discarded), whether its episode starts with this call, and
+    its episode's action seed."""
+
+    live: np.ndarray  # bool (N_SLOTS,)
+    started: np.ndarray  # bool (N_SLOTS,)
+    action_seeds: np.ndarray  # uint64 (N_SLOTS,)
+
+
+class Actor(Protocol):
+    def act_rows(self, obs: Any, rows: Rows, *, deterministic: bool) -> Any: ...
+
+
+class LocalActor:
+    """Calls a `Policy` in this process. A stochastic policy gets one generator per live row,
+    seeded from its episode's action seed when the episode starts, so its draws do not depend on
+    which slot, process or machine plays the episode."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.rngs: list[np.random.Generator | None] = [None] * N_SLOTS
+
+    def act_rows(self, obs: Any, rows: Rows, *, deterministic: bool) -> Any:
+        if deterministic:
+            return self.policy.act(obs, deterministic=True)
+        for slot in range(N_SLOTS):
+            if not rows.live[slot]:
+                self.rngs[slot] = None
+            elif rows.started[slot] or self.rngs[slot] is None:
+                self.rngs[slot] = np.random.Generator(np.random.PCG64(int(rows.action_seeds[slot])))
+        return self.policy.act(obs, deterministic=False, rngs=list(self.rngs))
+
+
+def as_actor(policy: Policy | Actor) -> Actor:
+    return policy if hasattr(policy, "act_rows") else LocalActor(policy)
+
+
+class EpisodeRecorder(Protocol):
+    """Watches one episode as it is scored (the replay): `frame(env)` after its reset and after
+    each of its steps, `finish(episode_return, length)` at its end. It never raises."""
+
+    def frame(self, env: gym.Env) -> None: ...
+
+    def finish(self, episode_return: float, length: int) -> None: ...
+
+
+def stack_observations(observations: Sequence[Any]) -> Any:
+    """One batch from per-slot observations: an array, or a dict of arrays for Dict spaces."""
+    if isinstance(observations[0], dict):
+        return {k: np.stack([np.asarray(o[k]) for o in observations]) for k in observations[0]}
+    return np.stack([np.asarray(o) for o in observations])
+
+
 def run_episodes(
-    policy: Policy,
+    policy: Policy | Actor,
     spec: EnvSpec,
     *,
     n_episodes: int | None = None,
     seeds: Sequence[int] | None = None,
     episode_indices: Iterable[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    recorder: EpisodeRecorder | None = None,
 ) -> EpisodeResults:
     """Run episodes `episode_indices` (default: all) of an `n_episodes` evaluation.
 
     `n_episodes` defaults to the spec's (or to `len(seeds)`), `seeds` to `public_seeds`. Each
     slot takes the next pending index in the given order; the result is in that order too.
-    `progress(done, total)` is called after each episode. Raises InvalidActionError.
+    `progress(done, total)` is called after each episode. `recorder` watches the first episode
+    of this run (slot 0's env renders for it). Raises InvalidActionError.
     """
     if n_episodes is None:
         n_episodes = len(seeds) if seeds is not None else spec.n_episodes
@@ -211,35 +275,50 @@ def run_episodes(
     if len(set(indices)) != len(indices) or any(not 0 <= i < n_episodes for i in indices):
         raise ValueError(f"episode_indices must be distinct and in [0, {n_episodes})")
 
+    actor = as_actor(policy)
     ep_seeds = {i: int(seeds[i]) for i in indices}
     returns: dict[int, float] = {}
     lengths: dict[int, int] = {}
     pending = deque(indices)
-    envs = make_vector_env(spec, min(N_SLOTS, len(indices))) if indices else []
+    watched = indices[0] if recorder is not None and indices else None
+    n_envs = min(N_SLOTS, len(indices))
+    envs = make_vector_env(spec, n_envs) if n_envs else []
+    if watched is not None:  # slot 0 plays the watched episode first: its env renders
+        envs[0].close()
+        envs[0] = make_env(spec, render_mode="rgb_array")
     try:
         space = envs[0].action_space if envs else None
         running: list[int | None] = [None] * len(envs)
         obs: list[Any] = [None] * len(envs)
         ret = [0.0] * len(envs)
         steps = [0] * len(envs)
+        live = np.zeros(N_SLOTS, dtype=bool)
+        started = np.zeros(N_SLOTS, dtype=bool)
+        action_seeds = np.zeros(N_SLOTS, dtype=np.uint64)
 
         def start(slot: int) -> None:
             if not pending:
                 running[slot] = None
+                live[slot] = False
                 return
             i = pending.popleft()
             obs[slot], _ = envs[slot].reset(seed=ep_seeds[i])
             running[slot], ret[slot], steps[slot] = i, 0.0, 0
+            live[slot], started[slot], action_seeds[slot] = True, True, action_seed(ep_seeds[i])
+            if i == watched:
+                recorder.frame(envs[slot])
 
         for slot in range(len(envs)):
             start(slot)
         while any(i is not None for i in running):
-            live = next(o for o, i in zip(obs, running, strict=True) if i is not None)
-            batch = np.stack(
-                [np.asarray(o if i is not None else live) for o, i in zip(obs, running, strict=True)]
-                + [np.asarray(live)] * (N_SLOTS - len(envs))
+            pad = next(o for o, i in zip(obs, running, strict=True) if i is not None)
+            batch = stack_observations(
+                [o if i is not None else pad for o, i in zip(obs, running, strict=True)]
+                + [pad] * (N_SLOTS - len(envs))
             )
-            actions = policy.act(batch, deterministic=spec.deterministic)
+            actions = actor.act_rows(batch, Rows(live.copy(), started.copy(), action_seeds.copy()),
+                                     deterministic=spec.deterministic)
+            started[:] = False
             actions = np.asarray(actions)
             if actions.ndim == 0 or actions.shape[0] != N_SLOTS:
                 raise InvalidActionError(
@@ -260,8 +339,12 @@ def run_episodes(
                 obs[slot], reward, terminated, truncated, _ = envs[slot].step(action)
                 ret[slot] += float(reward)
                 steps[slot] += 1
+                if i == watched:
+                    recorder.frame(envs[slot])
                 if terminated or truncated:
                     returns[i], lengths[i] = ret[slot], steps[slot]
+                    if i == watched:
+                        recorder.finish(ret[slot], steps[slot])
                     if progress is not None:
                         progress(len(returns), len(indices))
                     start(slot)

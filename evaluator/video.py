@@ -1,16 +1,15 @@
-"""Replays: the evaluation's episode 0, re-run with rendering and encoded as a browser-playable mp4.
+"""Replays: the evaluation's episode 0, recorded while it is scored, as a browser-playable mp4.
 
-The replay is the same episode the score counted: `reset(seed=seeds[0])`, and the policy called
-exactly as `evaluator.runner` calls it (a full batch of `N_SLOTS` rows, the observation in row 0
-and the other rows padded with copies of it, row 0's action checked by `check_action`), so its
-return equals the evaluation's first episode return, bit for bit.
+The replay is the episode the score counted, recorded during the scored run itself
+(`ReplayRecorder`, fed by `evaluator.runner.run_episodes`): there is no second run, so an agent
+cannot act differently on camera. Rendering happens on the trusted side (the referee), from the
+env's own frames.
 
 The video is H.264 (`libx264`) in `yuv420p` with the moov atom first (`+faststart`), which every
 browser plays progressively. It is encoded by the ffmpeg binary that the `imageio-ffmpeg` wheel
 ships (no system ffmpeg needed), frames streamed to it one by one. It is written to a temporary
 name beside the target and renamed when complete and verified, so the target name never holds a
-partial file. Any failure raises (`VideoError`, `InvalidActionError`, or the env's own error):
-the caller reports it and keeps the score.
+partial file. A failure stops the recording, never the score.
 """
 
 from __future__ import annotations
@@ -20,16 +19,14 @@ import re
 import subprocess
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from evaluator.agents.base import Policy
-from evaluator.envs import EnvSpec, make_env
-from evaluator.errors import InvalidActionError
-from evaluator.runner import N_SLOTS, _show, check_action
+from evaluator.envs import EnvSpec
 
 # A full 1000-step episode (LunarLander's time limit) plus its reset frame; 20 s at 50 fps.
 DEFAULT_MAX_FRAMES = 1_001
@@ -111,22 +108,91 @@ def _fps(env: Any, fps: int | None) -> int:
     return fps
 
 
-def _act(policy: Policy, obs: Any, space: Any, deterministic: bool, seed: int, step: int) -> Any:
-    """Row 0's action for a full batch of copies of `obs`, as the runner computes it."""
-    row = np.asarray(obs)
-    actions = np.asarray(policy.act(np.stack([row] * N_SLOTS), deterministic=deterministic))
-    if actions.ndim == 0 or actions.shape[0] != N_SLOTS:
-        raise InvalidActionError(
-            f"The policy returned actions of shape {actions.shape} for a batch of "
-            f"{N_SLOTS} observations: expected {N_SLOTS} actions, one per row."
+class ReplayRecorder:
+    """Records the episode the runner scores (`evaluator.runner.run_episodes(recorder=...)`): the
+    reset frame and one frame per step, up to `max_frames`, streamed to ffmpeg. It never raises
+    into the episode: a failure stops the recording and is kept in `error`, the score goes on.
+    After `finish`, `replay` describes the verified mp4 at `out_path`; a recording that did not
+    finish leaves no file (`abort`)."""
+
+    def __init__(self, out_path: Path, *, max_frames: int = DEFAULT_MAX_FRAMES, fps: int | None = None) -> None:
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        self.out_path = Path(out_path)
+        self.max_frames, self.fps = max_frames, fps
+        self.tmp = self.out_path.with_name(f".{self.out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+        self.error: str | None = None
+        self.replay: Replay | None = None
+        self._writer = None
+        self._first_shape: tuple[int, ...] | None = None
+        self._frames = 0
+        self._rate = DEFAULT_FPS
+
+    def _open(self, env: Any, first: np.ndarray) -> None:
+        import imageio_ffmpeg
+
+        ffmpeg_exe()  # fail early and clearly when there is no encoder
+        self._rate = _fps(env, self.fps)
+        height, width = first.shape[:2]
+        if max(height, width) > MAX_FRAME_SIDE:
+            raise VideoError(f"rendered frames of {width}x{height} are too large to encode")
+        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = imageio_ffmpeg.write_frames(
+            str(self.tmp), (width, height), pix_fmt_in="rgb24", pix_fmt_out="yuv420p", fps=self._rate,
+            codec="libx264", quality=None, macro_block_size=1, ffmpeg_log_level="error",
+            ffmpeg_timeout=ENCODE_TIMEOUT,
+            output_params=["-preset", PRESET, "-crf", str(CRF), "-movflags", "+faststart", "-f", "mp4"],
         )
-    try:
-        return check_action(space, actions[0])
-    except ValueError as exc:
-        raise InvalidActionError(
-            f"Replay (seed {seed}), step {step}: the policy's action {_show(actions[0])} {exc}. "
-            f"The agent does not fit the action space {space}."
-        ) from None
+        self._writer.send(None)  # starts ffmpeg
+        self._first_shape = first.shape
+
+    def frame(self, env: Any) -> None:
+        if self.error is not None or self.replay is not None or self._frames >= self.max_frames:
+            return
+        try:
+            frame = _even(_render(env, self._frames))
+            if self._writer is None:
+                self._open(env, frame)
+            elif frame.shape != self._first_shape:
+                raise VideoError(f"step {self._frames}: frame size changed from {self._first_shape} to {frame.shape}")
+            self._writer.send(frame)
+            self._frames += 1
+        except Exception as err:  # a failed replay never fails the score
+            self._fail(err)
+
+    def finish(self, episode_return: float, length: int) -> None:
+        if self.error is not None or self._writer is None:
+            if self.error is None:
+                self.error = "no frame was rendered"
+            return
+        try:
+            self._writer.close()  # flushes, waits for ffmpeg (and its faststart pass)
+            self._writer = None
+            info = probe_video(self.tmp)
+            if info.get("codec") != "h264" or info.get("frames") != self._frames or not info.get("duration"):
+                raise VideoError(f"the encoded video is not what was written ({self._frames} frames): {info}")
+            os.replace(self.tmp, self.out_path)
+        except Exception as err:
+            self._fail(err)
+            return
+        height, width = self._first_shape[:2]
+        self.replay = Replay(self.out_path, -1, self._frames, int(length), float(episode_return),
+                             length + 1 > self._frames, self._rate, width, height)
+
+    def _fail(self, err: BaseException) -> None:
+        self.error = f"{type(err).__name__}: {err}"[:2000]
+        self.abort()
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the partial file (the target is untouched)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            except BaseException:  # noqa: BLE001 - ffmpeg's own failure is not ours to report here
+                pass
+        if self.replay is None:
+            self.tmp.unlink(missing_ok=True)
 
 
 def record_replay(
@@ -138,76 +204,24 @@ def record_replay(
     max_frames: int = DEFAULT_MAX_FRAMES,
     fps: int | None = None,
 ) -> Replay:
-    """Run the episode `reset(seed=seed)` to its end and write its first `max_frames` frames
-    (the reset frame, then one per step) to `out_path` as an H.264 mp4.
+    """Run the episode `reset(seed=seed)` to its end, as the runner scores it, and write its first
+    `max_frames` frames (the reset frame, then one per step) to `out_path` as an H.264 mp4.
 
     Returns a `Replay` (path-like: `str(replay)` is the path) with the episode's full return and
     whether the video was cut. `fps` defaults to the env's `metadata["render_fps"]`, else 30.
     Raises VideoError, InvalidActionError or the env's/policy's own exception; `out_path` is then
     untouched (a previous file there stays, no partial file is left beside it).
     """
-    if max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    import imageio_ffmpeg
+    from evaluator.runner import run_episodes
 
-    exe = ffmpeg_exe()  # fail early and clearly when there is no encoder
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    env = make_env(spec, render_mode="rgb_array")
-    writer = None
+    recorder = ReplayRecorder(Path(out_path), max_frames=max_frames, fps=fps)
     try:
-        space = env.action_space
-        rate = _fps(env, fps)
-        obs, _ = env.reset(seed=int(seed))
-        first = _even(_render(env, 0))
-        height, width = first.shape[:2]
-        if max(height, width) > MAX_FRAME_SIDE:
-            raise VideoError(f"rendered frames of {width}x{height} are too large to encode")
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp), (width, height), pix_fmt_in="rgb24", pix_fmt_out="yuv420p", fps=rate,
-            codec="libx264", quality=None, macro_block_size=1, ffmpeg_log_level="error",
-            ffmpeg_timeout=ENCODE_TIMEOUT,
-            output_params=["-preset", PRESET, "-crf", str(CRF), "-movflags", "+faststart",
-                           "-f", "mp4"],
-        )
-        writer.send(None)  # starts ffmpeg
-        writer.send(first)
-        frames, steps, ret, done = 1, 0, 0.0, False
-        while not done:
-            action = _act(policy, obs, space, spec.deterministic, seed, steps)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            ret += float(reward)
-            steps += 1
-            done = bool(terminated or truncated)
-            if frames < max_frames:  # past the cap, run on for the return without rendering
-                frame = _even(_render(env, steps))
-                if frame.shape != first.shape:
-                    raise VideoError(f"step {steps}: frame size changed from {first.shape} to {frame.shape}")
-                writer.send(frame)
-                frames += 1
-        writer.close()  # flushes, waits for ffmpeg (and its faststart pass)
-        writer = None
-        info = probe_video(tmp, exe=exe)
-        if info.get("codec") != "h264" or info.get("frames") != frames or not info.get("duration"):
-            raise VideoError(f"the encoded video is not what was written ({frames} frames): {info}")
-        os.replace(tmp, out_path)
-    except BaseException as err:
-        if writer is not None:  # stop ffmpeg: let it finish on an error, kill it on Ctrl-C/exit
-            try:
-                if isinstance(err, Exception):
-                    writer.close()
-                else:
-                    writer.throw(err)
-            except BaseException:
-                pass  # the original error is re-raised below
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and not isinstance(err, VideoError):
-            raise VideoError(f"encoding the replay failed: {err}") from err
-        raise
+        run_episodes(policy, spec, n_episodes=1, seeds=[int(seed)], recorder=recorder)
     finally:
-        env.close()
-    return Replay(out_path, int(seed), frames, steps, ret, steps + 1 > frames, rate, width, height)
+        recorder.abort()
+    if recorder.replay is None:
+        raise VideoError(recorder.error or "the replay was not recorded")
+    return replace(recorder.replay, seed=int(seed))
 
 
 _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")

@@ -16,7 +16,8 @@ import gymnasium as gym
 from evaluator.agents.base import AgentFiles, FormatLoader, LoadedAgent
 from evaluator.errors import NoAgentError, UnsupportedFormatError
 
-__all__ = ["FORMATS", "AgentFiles", "LoadedAgent", "find_agent", "get_loader", "load_agent"]
+__all__ = ["CODE_BEARING", "FORMATS", "AgentFiles", "LoadedAgent", "describe_agent", "find_agent", "get_loader",
+           "load_agent"]
 
 # format name -> "module:function" (a FormatLoader). "torchscript" (agent.pt) is code: its loader
 # refuses to run outside a sandbox process (evaluator.sandbox). Planned: "qtable" (q-learning.pkl
@@ -25,6 +26,17 @@ FORMATS: dict[str, str] = {
     "sb3": "evaluator.agents.sb3:load_sb3",
     "torchscript": "evaluator.agents.torchscript:load_torchscript",
 }
+
+# format name -> "module:function" giving (algo, details) from the files, read as data on the
+# trusted side (the referee): what the result records never comes from the player.
+DESCRIBERS: dict[str, str] = {
+    "sb3": "evaluator.agents.sb3_identity:describe_sb3",
+    "torchscript": "evaluator.agents.torchscript:describe_torchscript",
+}
+
+# Formats whose files are code (run by the format's own interpreter): played only under the
+# full confinement, one player per evaluation (a code-bearing agent may keep state).
+CODE_BEARING: frozenset[str] = frozenset({"torchscript"})
 
 TORCHSCRIPT_FILE = "agent.pt"  # the Open RL Leaderboard's name, at the repo's top level
 
@@ -104,3 +116,11 @@ def load_agent(
 ) -> LoadedAgent:
     """Load the agent in `files` with the evaluation env's own spaces; nothing from the repo runs."""
     return get_loader(format_name)(files, observation_space, action_space)
+
+
+def describe_agent(format_name: str, files: AgentFiles) -> tuple[str, dict]:
+    """(algo, details) of the agent in `files`, read as data in this (trusted) process."""
+    if format_name not in DESCRIBERS:
+        get_loader(format_name)  # raises the unknown-format error
+    module_name, function_name = DESCRIBERS[format_name].split(":")
+    return getattr(importlib.import_module(module_name), function_name)(files)

@@ -30,9 +30,11 @@ class AgentFiles:
 
 
 class Policy(Protocol):
-    def act(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
+    def act(self, obs: np.ndarray, *, deterministic: bool = True, rngs: Any = None) -> np.ndarray:
         """Map a batch of raw env observations (slots, *obs_shape) to a batch of env actions,
-        after the format's own post-processing (obs normalization, clipping, unscaling)."""
+        after the format's own post-processing (obs normalization, clipping, unscaling).
+        Stochastic calls (`deterministic=False`) get `rngs`: one numpy Generator per row (None
+        for padding rows), seeded per episode by the protocol; draw from them only."""
 
 
 @dataclass

@@ -13,10 +13,8 @@ import inspect
 import io
 import math
 import pickle  # safe: only for pickle.UnpicklingError, raised by torch's weights-only loader
-import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -27,6 +25,13 @@ from torch import nn
 
 from evaluator.agents.base import AgentFiles, LoadedAgent
 from evaluator.agents.rlzoo import VecNormalizeStats, read_vec_normalize, read_zoo_config
+from evaluator.agents.sb3_identity import (  # noqa: F401 - re-exported: the allowlist's home moved
+    FAMILY_ALGOS,
+    POLICY_CLASSES,
+    PolicySpec,
+    identify_algo,
+    identify_policy,
+)
 from evaluator.agents.sb3_kwargs import (
     NetArch,
     collect_policy_kwargs,
@@ -46,114 +51,6 @@ from evaluator.errors import (
 )
 
 MAX_POLICY_PARAMS = 20_000_000  # ~80 MB of float32; Atari DQN (net + target) is ~3.4M
-
-# ---------------------------------------------------------------------------------------------
-# Allowlists
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    family: str  # actor_critic, dqn, qrdqn, sac, td3, tqc, ars
-    target: str  # "module:Class" in our installed packages
-    cnn: bool = False
-
-
-_SB3 = "stable_baselines3"
-# (module, class) as the zip names them -> what we build. Module paths are the same in SB3 1.x/2.x.
-POLICY_CLASSES: dict[tuple[str, str], PolicySpec] = {
-    (f"{_SB3}.common.policies", "ActorCriticPolicy"): PolicySpec(
-        "actor_critic", f"{_SB3}.common.policies:ActorCriticPolicy"
-    ),
-    (f"{_SB3}.common.policies", "ActorCriticCnnPolicy"): PolicySpec(
-        "actor_critic", f"{_SB3}.common.policies:ActorCriticCnnPolicy", cnn=True
-    ),
-    (f"{_SB3}.dqn.policies", "DQNPolicy"): PolicySpec("dqn", f"{_SB3}.dqn.policies:DQNPolicy"),
-    (f"{_SB3}.dqn.policies", "CnnPolicy"): PolicySpec("dqn", f"{_SB3}.dqn.policies:CnnPolicy", cnn=True),
-    (f"{_SB3}.sac.policies", "SACPolicy"): PolicySpec("sac", f"{_SB3}.sac.policies:SACPolicy"),
-    (f"{_SB3}.sac.policies", "CnnPolicy"): PolicySpec("sac", f"{_SB3}.sac.policies:CnnPolicy", cnn=True),
-    (f"{_SB3}.td3.policies", "TD3Policy"): PolicySpec("td3", f"{_SB3}.td3.policies:TD3Policy"),
-    (f"{_SB3}.td3.policies", "CnnPolicy"): PolicySpec("td3", f"{_SB3}.td3.policies:CnnPolicy", cnn=True),
-    ("sb3_contrib.qrdqn.policies", "QRDQNPolicy"): PolicySpec("qrdqn", "sb3_contrib.qrdqn.policies:QRDQNPolicy"),
-    ("sb3_contrib.qrdqn.policies", "CnnPolicy"): PolicySpec("qrdqn", "sb3_contrib.qrdqn.policies:CnnPolicy", cnn=True),
-    ("sb3_contrib.tqc.policies", "TQCPolicy"): PolicySpec("tqc", "sb3_contrib.tqc.policies:TQCPolicy"),
-    ("sb3_contrib.tqc.policies", "CnnPolicy"): PolicySpec("tqc", "sb3_contrib.tqc.policies:CnnPolicy", cnn=True),
-    ("sb3_contrib.ars.policies", "ARSPolicy"): PolicySpec("ars", "sb3_contrib.ars.policies:ARSPolicy"),
-    ("sb3_contrib.ars.policies", "ARSLinearPolicy"): PolicySpec("ars", "sb3_contrib.ars.policies:ARSLinearPolicy"),
-}
-FAMILY_ALGOS = {
-    "actor_critic": ("ppo", "a2c", "trpo"),
-    "dqn": ("dqn",),
-    "qrdqn": ("qrdqn",),
-    "sac": ("sac",),
-    "td3": ("td3", "ddpg"),
-    "tqc": ("tqc",),
-    "ars": ("ars",),
-}
-
-
-_FUNCTION_REPR = re.compile(r"^<function ([A-Za-z_]\w*)\.(\w+) at 0x[0-9a-fA-F]+>$")
-
-# ---------------------------------------------------------------------------------------------
-# Policy class and algorithm
-
-
-def identify_policy(policy_class: Any) -> tuple[str, str, PolicySpec]:
-    """(module, class name, spec) from `data["policy_class"]`'s readable siblings."""
-    if not isinstance(policy_class, dict):
-        raise CorruptFileError("The agent zip's `data` has no readable `policy_class`.")
-    module = policy_class.get("__module__")
-    name = None
-    init = policy_class.get("__init__")
-    match = _FUNCTION_REPR.match(init) if isinstance(init, str) else None
-    if match:
-        name = match.group(1)
-    else:  # a class without its own __init__: any of its own methods names it
-        owners = {m.group(1) for v in policy_class.values() if isinstance(v, str) and (m := _FUNCTION_REPR.match(v))}
-        name = owners.pop() if len(owners) == 1 else None
-    if not isinstance(module, str) or not name:
-        raise UnsafeContentError(
-            "The agent's policy class cannot be identified from the zip's readable fields; "
-            "only Stable-Baselines3 / sb3-contrib policy classes are accepted."
-        )
-    spec = POLICY_CLASSES.get((module, name))
-    if spec is not None:
-        return module, name, spec
-    if module.split(".")[0] in ("stable_baselines3", "sb3_contrib"):
-        raise UnsupportedFormatError(
-            f"The agent uses {module}.{name}, a Stable-Baselines3 policy this evaluator does not "
-            f"support yet (supported: {', '.join(sorted({n for _, n in POLICY_CLASSES}))})."
-        )
-    raise UnsafeContentError(
-        f"The agent uses the custom policy class {module}.{name}: custom classes are code from the "
-        "repo and are never run. Save the agent with a built-in SB3 policy (MlpPolicy, CnnPolicy)."
-    )
-
-
-def identify_algo(family: str, data: Mapping[str, Any], agent_file: str) -> str:
-    """The algorithm's lowercase name: from `data`'s hyperparameters, the zip's name as a tie-break."""
-    stem = agent_file.rsplit("/", 1)[-1].lower()
-    hint = stem.split("-", 1)[0].split("_", 1)[0]
-    candidates = FAMILY_ALGOS[family]
-    if len(candidates) == 1:
-        return candidates[0]
-    if family == "actor_critic":
-        if "cg_max_steps" in data or "line_search_shrinking_factor" in data:
-            return "trpo"
-        if "clip_range" in data or "n_epochs" in data:
-            return "ppo"
-        if "n_steps" in data and "batch_size" not in data:
-            return "a2c"
-    if hint in candidates:
-        return hint
-    if family == "td3":
-        is_ddpg = (
-            data.get("policy_delay") == 1
-            and data.get("target_noise_clip") == 0.0
-            and data.get("target_policy_noise") == 0.1
-        )
-        return "ddpg" if is_ddpg else "td3"
-    return candidates[0]
-
 
 # ---------------------------------------------------------------------------------------------
 # Size, before anything is allocated
@@ -435,7 +332,11 @@ class SB3Policy:
         self.policy = policy
         self.obs_stats = obs_stats
 
-    def act(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
+    def act(self, obs: np.ndarray, *, deterministic: bool = True, rngs: Any = None) -> np.ndarray:
+        if not deterministic:  # SB3 samples from torch's global generator: not per episode
+            raise UnsupportedFormatError(
+                "stochastic actions of SB3 agents are not supported yet (the protocol draws them per "
+                "episode from a seeded generator)")
         obs = np.asarray(obs)
         if self.obs_stats is not None:
             obs = self.obs_stats.normalize(obs)

@@ -5,10 +5,10 @@ float32 tensor `(batch, *obs_shape)` and returns actions: for a Discrete space a
 `(batch,)` or logits `(batch, n)` (argmax taken); for a Box space `(batch, *action_shape)`.
 
 A TorchScript module is code (its methods run in torch's interpreter, `__setstate__` at load), so
-it is loaded ONLY inside a sandbox process (`evaluator.sandbox`): `load_torchscript` refuses
-unless the sandbox child allowed it, the process carries `EVALUATOR_SANDBOX=1`, and it has no
-network interface but loopback. Outputs are checked here (tensor, shape, dtype, finite) and by
-the runner (inside the space).
+it is loaded ONLY inside a player process (`evaluator.sandbox.player`) under the full
+confinement: `load_torchscript` refuses unless the player allowed it, the process carries
+`EVALUATOR_SANDBOX=1`, and it has no network interface but loopback. Outputs are checked here
+(tensor, shape, dtype, finite) and by the referee (inside the space).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ _allowed = False
 
 
 def allow_code_bearing_formats() -> None:
-    """Called by the sandbox child (`evaluator.sandbox_child`) only, once it is confined."""
+    """Called by the player (`evaluator.sandbox.player`) only, once it is confined."""
     global _allowed
     _allowed = True
 
@@ -53,7 +53,7 @@ def check_confined() -> None:
     if not _allowed or os.environ.get("EVALUATOR_SANDBOX") != "1":
         raise UnsafeContentError(
             "agent.pt is a TorchScript module, i.e. code: it is only ever loaded inside a sandbox process "
-            "(evaluator.sandbox), and this process is not one. Evaluate through `evaluate()` / the CLI.")
+            "(evaluator.sandbox.player), and this process is not one. Evaluate through `evaluate()` / the CLI.")
     outside = [name for name in _network_interfaces() if name != "lo"]
     if outside:
         raise UnsafeContentError(
@@ -73,7 +73,9 @@ class TorchScriptPolicy:
         self.observation_space = observation_space
         self.action_space = action_space
 
-    def act(self, obs: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
+    def act(self, obs: np.ndarray, *, deterministic: bool = True, rngs: Any = None) -> np.ndarray:
+        """`forward(obs)`'s actions; the module decides how it acts (its own code), so `rngs`
+        is not used."""
         import torch
 
         batch = np.asarray(obs)
@@ -127,6 +129,15 @@ class TorchScriptPolicy:
         raise SpaceMismatchError(f"TorchScript agents support Discrete and Box action spaces, not {space}")
 
 
+def describe_torchscript(files: AgentFiles) -> tuple[str, dict[str, Any]]:
+    """(algo, details) on the trusted side: the algorithm from the model card, the file's size."""
+    try:
+        size = os.path.getsize(files.path(files.agent_file))
+    except OSError as err:
+        raise CorruptFileError(f"Cannot read {files.agent_file}: {err}") from err
+    return _card_algo(files), {"file_bytes": size}
+
+
 def _card_algo(files: AgentFiles) -> str:
     if not files.has("README.md"):
         return "unknown"
@@ -165,7 +176,5 @@ def load_torchscript(files: AgentFiles, observation_space: gym.Space, action_spa
             f"{files.agent_file} is not a loadable TorchScript module (save it with "
             f"`torch.jit.save(torch.jit.script(model), 'agent.pt')`): {str(err).strip()[:400]}") from err
     module.eval()
-    details = {"torchscript_methods": sorted(m for m in ("forward",) if hasattr(module, m)),
-               "file_bytes": size}
-    return LoadedAgent(TorchScriptPolicy(module, observation_space, action_space), _card_algo(files),
-                       "torchscript", details)
+    return LoadedAgent(TorchScriptPolicy(module, observation_space, action_space), "unknown", "torchscript",
+                       {"file_bytes": size})

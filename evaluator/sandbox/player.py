@@ -1,0 +1,170 @@
+"""The player: `python -P -s -B -m evaluator.sandbox.player`, started confined by the referee.
+
+It loads one agent and answers one thing: a batch of observations in, a batch of actions out,
+in the frames of `evaluator.sandbox.wire`. It never sees the env seeds, the job, the store or
+any result channel; whatever it does, the referee only ever takes actions from it (checked
+there, inside the action space) or an error that fails the evaluation.
+
+Order matters: its own limits first (stdlib only), then every import it will need, and only
+then the agent's files (a TorchScript `__setstate__` runs inside `torch.jit.load`): with `-P`,
+a read-only working directory and no writable folder on `sys.path`, nothing the agent writes
+can be imported. File descriptor 1 points at stderr from the start: library or agent prints
+cannot reach the action channel.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """`n` bytes, or None at a clean end of input; EOFError when it ends inside a frame."""
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.read(fd, min(n - got, 1 << 20))
+        if not chunk:
+            if got == 0:
+                return None
+            raise EOFError("the referee closed the channel inside a frame")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _preload() -> None:
+    """Import everything an agent load or a policy call may import, before any file is read."""
+    import importlib
+
+    import gymnasium  # noqa: F401
+    import numpy  # noqa: F401
+    import torch
+
+    import evaluator.agents.sb3  # noqa: F401
+    import evaluator.agents.torchscript  # noqa: F401
+    import evaluator.envs  # noqa: F401
+    import evaluator.runner  # noqa: F401
+    from evaluator.agents.sb3_identity import POLICY_CLASSES
+
+    for spec in POLICY_CLASSES.values():
+        importlib.import_module(spec.target.split(":")[0])
+    torch.set_num_threads(1)  # the protocol's numbers never depend on the core count
+
+
+def to_wire_actions(actions, space, layout, n: int) -> bytes:
+    """The policy's actions as the wire carries them; InvalidActionError for what no cast fixes."""
+    import numpy as np
+    from gymnasium import spaces
+
+    from evaluator.errors import InvalidActionError
+
+    a = np.asarray(actions)
+    field = layout.fields[0]
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number)):
+        raise InvalidActionError(f"The policy returned actions of dtype {a.dtype}: expected numbers for {space}.")
+    if a.ndim == 0 or a.shape != (n, *field.shape):
+        raise InvalidActionError(
+            f"The policy returned actions of shape {a.shape} for a batch of {n} observations: expected "
+            f"{(n, *field.shape)}, one action per row, for {space}.")
+    if not isinstance(space, spaces.Box) and not np.issubdtype(a.dtype, np.integer):
+        raise InvalidActionError(f"The policy returned actions of dtype {a.dtype}: expected integers for {space}.")
+    return np.ascontiguousarray(a, dtype=field.dtype).tobytes()
+
+
+def serve(rfd: int, wfd: int) -> None:
+    """Answer the referee until it closes the channel; raises EvaluationError (or worse)."""
+    import json
+    from pathlib import Path
+
+    from evaluator.agents import load_agent
+    from evaluator.agents.base import AgentFiles
+    from evaluator.envs import make_env, resolve_env
+    from evaluator.errors import InvalidOutputError
+    from evaluator.runner import N_SLOTS, LocalActor, Rows
+
+    from . import wire
+
+    header = _read_exact(rfd, wire.HEADER.size)
+    if header is None:
+        return
+    tag, length = wire.HEADER.unpack(header)
+    if tag != wire.HELLO or length > wire.MAX_HELLO_BYTES:
+        raise InvalidOutputError("the player expected a hello frame")
+    hello = json.loads(_read_exact(rfd, length) or b"{}")
+    spec = resolve_env(hello["env_id"])
+    env = make_env(spec)
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    obs_layout, act_layout = wire.observation_layout(obs_space), wire.action_layout(act_space)
+    files = AgentFiles(Path(hello["root"]), hello["agent_file"], tuple(hello["files"]))
+    agent = load_agent(hello["format"], files, obs_space, act_space)
+    actor = LocalActor(agent.policy)
+    deterministic = bool(hello["deterministic"])
+    n = N_SLOTS
+    body_size = wire.obs_frame_bytes(obs_layout, n)
+    _write_all(wfd, wire.HEADER.pack(wire.READY, 0))
+    while True:
+        header = _read_exact(rfd, wire.HEADER.size)
+        if header is None:
+            return
+        tag, seq = wire.HEADER.unpack(header)
+        if tag != wire.OBS:
+            raise InvalidOutputError(f"the player expected an observation frame, got {tag!r}")
+        flags, seeds, obs = wire.decode_obs_body(_read_exact(rfd, body_size), obs_layout, n)
+        rows = Rows(live=(flags & wire.LIVE) != 0, started=(flags & wire.EPISODE_START) != 0, action_seeds=seeds)
+        actions = actor.act_rows(obs, rows, deterministic=deterministic)
+        _write_all(wfd, wire.HEADER.pack(wire.ACT, seq) + to_wire_actions(actions, act_space, act_layout, n))
+
+
+def _allocation_failure(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or any(
+        s in text for s in ("can't allocate memory", "cannot allocate memory", "bad_alloc", "out of memory"))
+
+
+def main() -> None:
+    rfd, wfd = os.dup(0), os.dup(1)
+    os.dup2(2, 1)  # fd 1 is stderr from now on: only `wfd` carries actions
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    sys.stdout = sys.stderr
+    from .limits import apply_limits_from_env
+
+    apply_limits_from_env()
+    from . import wire
+
+    try:
+        _preload()
+        from evaluator.agents import torchscript
+        from evaluator.errors import EvaluationError
+
+        torchscript.allow_code_bearing_formats()
+        try:
+            serve(rfd, wfd)
+        except EvaluationError as err:
+            _write_all(wfd, wire.encode_error(err.code.value, str(err)))
+    except BrokenPipeError:
+        pass  # the referee is gone: nothing to answer
+    except BaseException as err:  # reported as a frame; the referee decides what it means
+        import traceback
+
+        traceback.print_exc()
+        code = "memory_limit" if _allocation_failure(err) else "internal_error"
+        try:
+            _write_all(wfd, wire.encode_error(code, f"{type(err).__name__}: {str(err)[:2000]}"))
+        except OSError:
+            pass
+    sys.stderr.flush()
+    os._exit(0)  # no interpreter teardown: nothing of the agent's runs after the last answer
+
+
+if __name__ == "__main__":
+    main()
