@@ -1,4 +1,5 @@
-"""`python -m leaderboard COMMAND`: submit, worker, show, requests, remove (parse, call, print).
+"""`python -m leaderboard COMMAND`: submit, worker, show, requests, remove, export, publish,
+backup, restore (parse, call, print).
 
 Every command takes `--store DIR` (default: $RL_LEADERBOARD_STORE or
 ~/.local/share/rl-leaderboard) and `--endpoint URL` (default: HF_ENDPOINT, else the Hub).
@@ -20,9 +21,9 @@ from typing import Any
 
 from evaluator.errors import EvaluationError, ExitCode
 
-from .queue import DEFAULT_LEASE_SECONDS, Queue, Request, Status
-from .ranking import DISPLAY_COLUMNS
-from .store import Store, StoreError, default_store_dir, iso, row_to_result
+from .queue import DEFAULT_LEASE_SECONDS, Request, Status
+from .ranking import DISPLAY_COLUMNS, SORTS
+from .store import Store, StoreBusyError, StoreCorruptError, StoreError, default_store_dir, iso, row_to_result
 from .worker import DEFAULT_POLL_SECONDS, DEFAULT_SYNC_SECONDS, WorkerConfig, run_pool
 
 log = logging.getLogger("leaderboard")
@@ -46,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     hub = argparse.ArgumentParser(add_help=False)
     hub.add_argument("--hub-dataset", metavar="NS/NAME",
-                     help="mirror the store to this Hub dataset repo (shared by queue workers on other machines)")
+                     help="publish the store to this Hub dataset repo (history shards, leaderboard.parquet, replays; "
+                          "requests/ ingested)")
+    hub.add_argument("--create", action="store_true", help="create the Hub dataset if it does not exist")
 
     parser = argparse.ArgumentParser(prog="python -m leaderboard", description="The verified RL leaderboard")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", dest="env_id", help="env id to evaluate on (default: the one the repo states)")
     p.add_argument("--revision", help="branch or commit sha (default: main, pinned to its sha now)")
     p.add_argument("--episodes", type=_positive(int), help="override the episode count (the result is unranked)")
+    p.add_argument("--submitter", help="who asks (default: cli:$USER)")
     p.add_argument("--json", action="store_true", help="print the request as one JSON document")
 
     p = sub.add_parser("worker", parents=[common, hub], help="evaluate queued requests")
@@ -66,11 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=_positive(float), default=DEFAULT_POLL_SECONDS,
                    help=f"seconds between looks at an empty queue (default {DEFAULT_POLL_SECONDS:g})")
     p.add_argument("--sync-interval", type=_positive(float), default=DEFAULT_SYNC_SECONDS,
-                   help=f"seconds between Hub mirror rounds with --hub-dataset (default {DEFAULT_SYNC_SECONDS:g})")
+                   help=f"seconds between publications with --hub-dataset (default {DEFAULT_SYNC_SECONDS:g})")
     p.add_argument("--no-video", action="store_true", help="do not record replays")
+    p.add_argument("--quiet", action="store_true", help="no line per request, no progress bar")
 
-    p = sub.add_parser("show", parents=[common, hub], help="print the ranking")
+    p = sub.add_parser("show", parents=[common], help="print the ranking")
+    p.add_argument("--hub-dataset", metavar="NS/NAME",
+                   help="print the ranking this Hub dataset publishes (its leaderboard.parquet) instead of the store's")
     p.add_argument("--env", dest="env_id", help="only this env (an env id or env key)")
+    p.add_argument("--search", help="only repos whose id contains this (case-insensitive)")
+    p.add_argument("--algo", help="only this algorithm (e.g. ppo)")
+    p.add_argument("--verdict", choices=["consistent", "inflated", "unverifiable", "absent"],
+                   help="only this claim verdict")
+    p.add_argument("--sort", choices=list(SORTS), help="order (default: score, the ranking)")
+    p.add_argument("--limit", type=_positive(int), help="at most this many rows")
+    p.add_argument("--offset", type=int, default=0, help="skip this many rows")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON document: a list of ranked rows")
     fmt.add_argument("--csv", action="store_true", help="CSV of the ranked rows")
@@ -82,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("remove", parents=[common, hub], help="take a repo down from the ranking (kept in history)")
     p.add_argument("repo_id")
     p.add_argument("--reason", help="why (kept with the rows)")
+
+    p = sub.add_parser("export", parents=[common], help="write the history and the ranking for analysis")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--format", choices=["parquet", "csv"], default="parquet", help="file format (default parquet)")
+
+    p = sub.add_parser("publish", parents=[common, hub], help="publish the store to its Hub dataset once")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON document")
+
+    sub.add_parser("backup", parents=[common], help="back the database up now (backups/leaderboard.sqlite3)")
+    sub.add_parser("restore", parents=[common], help="replace a damaged database with its last backup")
     return parser
 
 
@@ -89,12 +113,17 @@ def _store(args) -> Store:
     return Store(args.store or default_store_dir())
 
 
-def _mirror(args, store: Store):
+def _publisher(args, store: Store):
     if not getattr(args, "hub_dataset", None):
         return None
-    from .hubsync import HubMirror
+    from .publish import Publisher
 
-    return HubMirror(store, args.hub_dataset, endpoint=args.endpoint)
+    return Publisher(store, args.hub_dataset, endpoint=args.endpoint, create=args.create)
+
+
+def _publish_error(args, err) -> int:
+    code = ExitCode.TRANSIENT if err.transient else ExitCode.FAILED
+    return _error(args, code, str(err), error_code="hub_unavailable" if err.transient else "hub_dataset")
 
 
 def _request_line(request: Request) -> str:
@@ -114,6 +143,9 @@ def _error(args, code: int, message: str, **fields: Any) -> int:
 
 
 def cmd_submit(args) -> int:
+    import getpass
+
+    from .rows import clean_text
     from .submit import check_submission
 
     store = _store(args)
@@ -121,9 +153,10 @@ def cmd_submit(args) -> int:
         found = check_submission(args.repo_id, revision=args.revision, env_id=args.env_id, endpoint=args.endpoint)
     except EvaluationError as err:
         return _error(args, err.exit_code, f"not queued: {err}", repo_id=args.repo_id, error_code=err.code.value)
-    queue = Queue(store.queue_path)
-    request, created = queue.submit(found.repo_id, found.revision, found.env_key, env_id=found.env_id,
-                                    episodes=args.episodes, commit_date=found.commit_date)
+    submitter = clean_text(args.submitter) or f"cli:{getpass.getuser()}"
+    request, created = store.queue().submit(found.repo_id, found.revision, found.env_key, env_id=found.env_id,
+                                            episodes=args.episodes, commit_date=found.commit_date,
+                                            submitter=submitter)
     if args.json:
         print(json.dumps({**request.to_dict(), "queued": created}))
     else:
@@ -132,19 +165,34 @@ def cmd_submit(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    from .progress import Progress
+    from .publish import PublishError
+
     store = _store(args)
-    mirror = _mirror(args, store)
+    publisher = _publisher(args, store)
+    if publisher is not None:  # fail fast on a missing dataset or a refused token, before any work
+        try:
+            publisher.publish()
+        except PublishError as err:
+            if not err.transient:
+                return _publish_error(args, err)
+            log.error("%s (retried at the next round)", err)
     config = WorkerConfig(lease_seconds=args.lease, poll_seconds=args.poll, endpoint=args.endpoint,
                           video=not args.no_video)
+    counts = store.queue().counts()
+    progress = Progress(total=counts["pending"] + counts["running"] if args.once else None, quiet=args.quiet)
     stop = threading.Event()
     # SIGTERM (a service manager stopping us): finish the requests in hand, then exit.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stats = run_pool(store, concurrency=args.concurrency, once=args.once, config=config,
-                         sync=mirror.sync if mirror else None, sync_seconds=args.sync_interval, stop=stop)
+                         publish=publisher.publish if publisher else None, sync_seconds=args.sync_interval,
+                         stop=stop, report=progress)
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return ExitCode.OK
+    finally:
+        progress.close()
     print(f"worker done: {stats.finished} finished, {stats.failed} failed, {stats.retried} to retry, "
           f"{stats.lost} dropped (lease lost)", file=sys.stderr)
     return ExitCode.OK
@@ -177,25 +225,45 @@ def _env_key(env_id: str | None) -> str | None:
     return resolve_env(env_id).env_key
 
 
-def cmd_show(args) -> int:
-    store = _store(args)
-    mirror = _mirror(args, store)
-    if mirror:
-        from .hubsync import HubSyncError
+def _published(args):
+    """The ranking a Hub dataset publishes, filtered like the store's."""
+    from .publish import read_published
 
-        try:
-            mirror.sync()
-        except HubSyncError as err:
-            return _error(args, ExitCode.TRANSIENT, str(err), error_code="hub_unavailable")
+    ranked = read_published(args.hub_dataset, endpoint=args.endpoint)
+    if args.env_key is not None:
+        ranked = ranked[ranked["env_key"] == args.env_key]
+    if args.search:
+        ranked = ranked[ranked["repo_id"].str.lower().str.contains(args.search.lower(), regex=False)]
+    if args.algo:
+        ranked = ranked[ranked["algo"].str.lower() == args.algo.lower()]
+    if args.verdict:
+        ranked = ranked[ranked["claim_verdict"] == args.verdict]
+    end = None if args.limit is None else args.offset + args.limit
+    return ranked.iloc[args.offset:end].reset_index(drop=True)
+
+
+def cmd_show(args) -> int:
     try:
-        env_key = _env_key(args.env_id)
+        args.env_key = _env_key(args.env_id)
     except EvaluationError as err:
         return _error(args, ExitCode.FAILED, str(err), error_code=err.code.value)
-    ranked = store.ranking(env_key)
+    if args.hub_dataset:
+        from evaluator.hub import hub_errors
+
+        try:
+            with hub_errors(args.hub_dataset, None):
+                ranked = _published(args)
+        except EvaluationError as err:
+            return _error(args, err.exit_code, f"cannot read {args.hub_dataset}: {err}", error_code=err.code.value)
+    else:
+        ranked = _store(args).ranking(args.env_key, search=args.search, algo=args.algo, verdict=args.verdict,
+                                      sort=args.sort, limit=args.limit, offset=args.offset)
     if args.json:
         rows = []
-        for _, row in ranked.iterrows():
-            data = row.to_dict()
+        for data in ranked.to_dict("records"):
+            if args.hub_dataset:  # the published columns, as they are
+                rows.append({k: _cell(v) for k, v in data.items()})
+                continue
             rows.append({"rank": int(data["rank"]), "commit_date": iso(data.get("commit_date")),
                          **row_to_result(data).to_dict()})
         print(json.dumps(rows))
@@ -208,7 +276,7 @@ def cmd_show(args) -> int:
         table.to_csv(sys.stdout, index=False)
         return ExitCode.OK
     if table.empty:
-        print("no ranked results" + (f" for {env_key}" if env_key else ""))
+        print("no ranked results" + (f" for {args.env_key}" if args.env_key else ""))
         return ExitCode.OK
     for key, group in table.groupby("env_key", sort=True):
         print(f"== {key} ==")
@@ -220,7 +288,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_requests(args) -> int:
-    queue = Queue(_store(args).queue_path)
+    queue = _store(args).queue()
     queue.reap()
     requests = queue.list(args.status)
     if args.json:
@@ -234,32 +302,70 @@ def cmd_requests(args) -> int:
 
 
 def cmd_remove(args) -> int:
+    from .publish import PublishError
+
     store = _store(args)
     reason = args.reason or "removed by the operator"
-    # The requests first, then the rows: a queue worker checks its request under the store's
-    # write lock when it records, so a result recorded after `store.remove` is recorded hidden.
-    cancelled = Queue(store.queue_path).cancel_repo(args.repo_id, reason)
-    rows = store.remove(args.repo_id, reason=reason)
+    rows, cancelled = store.takedown(args.repo_id, reason=reason)  # one transaction
     if not rows and not cancelled:
         print(f"{args.repo_id}: nothing to remove (no visible rows, no pending or running requests)",
               file=sys.stderr)
         return ExitCode.FAILED
     print(f"{args.repo_id}: {rows} rows hidden from the ranking (kept in history), {cancelled} pending or running "
           "requests cancelled")
-    mirror = _mirror(args, store)
-    if mirror:
-        from .hubsync import HubSyncError
-
+    publisher = _publisher(args, store)
+    if publisher:
         try:
-            mirror.sync()
-        except HubSyncError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return ExitCode.TRANSIENT
+            publisher.publish()
+        except PublishError as err:
+            return _publish_error(args, err)
+    return ExitCode.OK
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    for path in export(_store(args), args.directory, fmt=args.format):
+        print(path)
+    return ExitCode.OK
+
+
+def cmd_publish(args) -> int:
+    from dataclasses import asdict
+
+    from .publish import PublishError
+
+    if not args.hub_dataset:
+        return _error(args, ExitCode.USAGE, "publish needs --hub-dataset NS/NAME")
+    try:
+        report = _publisher(args, _store(args)).publish()
+    except PublishError as err:
+        return _publish_error(args, err)
+    if args.json:
+        print(json.dumps(asdict(report)))
+    else:
+        print(f"{report.dataset}: " + (f"commit {report.commit}" if report.commit else "up to date") +
+              f" ({report.history_rows} rows, {report.takedowns} takedowns, {report.replays_uploaded} replays up, "
+              f"{report.replays_deleted} down, {report.requests_ingested} requests ingested, "
+              f"{report.requests_rejected} refused)")
+    return ExitCode.OK
+
+
+def cmd_backup(args) -> int:
+    print(f"backed up to {_store(args).backup()}")
+    return ExitCode.OK
+
+
+def cmd_restore(args) -> int:
+    store = _store(args)
+    kept = store.restore()
+    print(f"restored {store.db_path} from {store.backup_path}; the damaged file is kept as {kept}")
     return ExitCode.OK
 
 
 COMMANDS = {"submit": cmd_submit, "worker": cmd_worker, "show": cmd_show, "requests": cmd_requests,
-            "remove": cmd_remove}
+            "remove": cmd_remove, "export": cmd_export, "publish": cmd_publish, "backup": cmd_backup,
+            "restore": cmd_restore}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,8 +374,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except StoreError as err:
+    except StoreCorruptError as err:
         return _error(args, ExitCode.FAILED, str(err), error_code="store_corrupt")
+    except StoreBusyError as err:
+        return _error(args, ExitCode.TRANSIENT, str(err), error_code="store_busy")
+    except StoreError as err:
+        return _error(args, ExitCode.FAILED, str(err), error_code="store_error")
 
 
 if __name__ == "__main__":

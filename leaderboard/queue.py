@@ -1,6 +1,8 @@
-"""The request queue: one record per submission, in SQLite (stdlib; WAL mode) in the store folder.
+"""The request queue: one record per submission, a table of the store's SQLite database, so that
+a queue worker records a result and ends its request in one transaction (`Store.record`).
 
-A request is unique by (repo_id, revision sha, env_key, episode override): submitting it again
+A request is unique by (repo_id, revision sha, env_key, episode override, protocol version,
+seed set) and says who asked (`submitter`, for rate limits): submitting it again
 returns the existing record (one that failed for a transient reason or was cancelled by a
 takedown is queued again, one `generation` later). Its status is a `Status`: `pending` ->
 `running` (a queue worker holds a lease and renews it while it evaluates) -> `finished` or
@@ -19,10 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
@@ -80,17 +83,52 @@ _COLUMNS_SQL = """
     error_code TEXT,
     error TEXT,
     result_id TEXT,
-    generation INTEGER NOT NULL DEFAULT 0
+    generation INTEGER NOT NULL DEFAULT 0,
+    protocol_version INTEGER NOT NULL DEFAULT 1,
+    seed_set TEXT NOT NULL DEFAULT 'public',
+    submitter TEXT
 """
-# A request is unique by (repo, sha, env key, episode override): the override is part of the key
-# (NULL, the protocol's own count, is 0 in the index), so an unranked `--episodes N` request
-# never stands in for the ranked one. Queue files written before this key had a table-level
-# UNIQUE (repo_id, revision, env_key) and no `generation`: `_migrate` rebuilds them.
-_INDEXES = """
-CREATE UNIQUE INDEX IF NOT EXISTS requests_key_v2 ON requests (repo_id, revision, env_key, COALESCE(episodes, 0));
-CREATE INDEX IF NOT EXISTS requests_status ON requests (status, not_before, submitted_at);
-"""
-_KEY_WHERE = "repo_id = ? AND revision = ? AND env_key = ? AND COALESCE(episodes, 0) = ?"
+# A request is unique by (repo, sha, env key, episode override, protocol version, seed set): the
+# override is part of the key (NULL, the protocol's own count, is 0 in the index), so an unranked
+# `--episodes N` request never stands in for the ranked one, and a new protocol or a move to the
+# private seed set queues the request again. Tables of earlier versions (unique by repo, sha and
+# env key; no `generation`, `protocol_version`, `seed_set` or `submitter`) are rebuilt by
+# `create_requests_table`, every request kept (protocol 1, public seeds: all there was).
+_INDEXES = (
+    "DROP INDEX IF EXISTS requests_key_v2",
+    "CREATE UNIQUE INDEX IF NOT EXISTS requests_key_v3 ON requests "
+    "(repo_id, revision, env_key, COALESCE(episodes, 0), protocol_version, seed_set)",
+    "CREATE INDEX IF NOT EXISTS requests_status ON requests (status, not_before, submitted_at)",
+    "CREATE INDEX IF NOT EXISTS requests_repo ON requests (repo_id, status)",
+    "CREATE INDEX IF NOT EXISTS requests_submitter ON requests (submitter, submitted_at)",
+)
+_KEY_WHERE = ("repo_id = ? AND revision = ? AND env_key = ? AND COALESCE(episodes, 0) = ? AND protocol_version = ? "
+              "AND seed_set = ?")
+
+
+def create_requests_table(db: sqlite3.Connection) -> None:
+    """Create the requests table, or rebuild one of an earlier version with today's columns and
+    key, keeping every request (inside the caller's transaction)."""
+    columns = [r[1] for r in db.execute("PRAGMA table_info(requests)")]
+    if columns:
+        old_key = any(r[2] and r[3] == "u" for r in db.execute("PRAGMA index_list(requests)"))
+        if old_key or not {"generation", "protocol_version", "seed_set", "submitter"} <= set(columns):
+            db.execute("DROP TABLE IF EXISTS requests_new")
+            db.execute(f"CREATE TABLE requests_new ({_COLUMNS_SQL})")
+            kept = ", ".join(c for c in columns if c in _FIELDS)
+            db.execute(f"INSERT INTO requests_new ({kept}) SELECT {kept} FROM requests")
+            db.execute("DROP TABLE requests")
+            db.execute("ALTER TABLE requests_new RENAME TO requests")
+    db.execute(f"CREATE TABLE IF NOT EXISTS requests ({_COLUMNS_SQL})")
+    for statement in _INDEXES:
+        db.execute(statement)
+
+
+def current_protocol() -> tuple[int, str]:
+    """(protocol version, seed set) the evaluator of this process runs: what a request asks for."""
+    from evaluator.runner import PRIVATE, PRIVATE_SALT_ENV, PROTOCOL_VERSION, PUBLIC
+
+    return PROTOCOL_VERSION, PRIVATE if os.environ.get(PRIVATE_SALT_ENV) else PUBLIC
 
 
 def _iso(ts: float | None) -> str | None:
@@ -122,12 +160,12 @@ class Request:
     error: str | None
     result_id: str | None
     generation: int = 0  # how many times the request was queued again after it ended
+    protocol_version: int = 1  # the evaluation protocol asked for (part of the key)
+    seed_set: str = "public"  # public or private seeds (part of the key)
+    submitter: str | None = None  # who asked (a CLI user, an IP, a Space login): for rate limits
 
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Request:
-        data = dict(row)
-        data["status"] = Status(data["status"])
-        return cls(**data)
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 UTC strings."""
@@ -139,70 +177,38 @@ class Request:
 
 
 _FIELDS = tuple(f.name for f in fields(Request))
+_SELECT = ", ".join(_FIELDS)
 
 
 class Queue:
+    """The requests table of a store's database (`Store.queue_path`), or of any SQLite file."""
+
     def __init__(self, path: str | Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  backoff_seconds: float = DEFAULT_BACKOFF_SECONDS, backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
                  backoff_max_seconds: float = DEFAULT_BACKOFF_MAX_SECONDS,
                  clock: Callable[[], float] = time.time):
+        from .db import Database
+
         self.path = Path(path)
         self.max_attempts = max_attempts
         self.backoff_seconds, self.backoff_factor = backoff_seconds, backoff_factor
         self.backoff_max_seconds = backoff_max_seconds
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-        with self._write() as db:
-            self._migrate(db)
-            db.execute(f"CREATE TABLE IF NOT EXISTS requests ({_COLUMNS_SQL})")
-            for statement in filter(str.strip, _INDEXES.split(";")):
-                db.execute(statement)
+        self.database = Database(self.path)
+        self.database.connect()
 
-    @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
-        """Rebuild a requests table of an older version (unique by repo, sha and env key only;
-        no `generation`) with today's columns and key, keeping every request."""
-        columns = [r["name"] for r in db.execute("PRAGMA table_info(requests)")]
-        if not columns:
-            return
-        old_key = any(r["unique"] and r["origin"] == "u" for r in db.execute("PRAGMA index_list(requests)"))
-        if "generation" in columns and not old_key:
-            return
-        db.execute("DROP TABLE IF EXISTS requests_new")
-        db.execute(f"CREATE TABLE requests_new ({_COLUMNS_SQL})")
-        kept = ", ".join(c for c in columns if c in _FIELDS)
-        db.execute(f"INSERT INTO requests_new ({kept}) SELECT {kept} FROM requests")
-        db.execute("DROP TABLE requests")
-        db.execute("ALTER TABLE requests_new RENAME TO requests")
+    def _write(self):
+        return self.database.write()
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA busy_timeout=60000")
+        with self.database.read() as db:
             yield db
-        finally:
-            db.close()
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken with BEGIN IMMEDIATE (no lost updates between workers)."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
     @staticmethod
     def _get(db: sqlite3.Connection, request_id: int) -> Request | None:
-        row = db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
-        return Request.from_row(row) if row else None
+        row = db.execute(f"SELECT {_SELECT} FROM requests WHERE id = ?", (request_id,)).fetchone()
+        return Request(*row) if row else None
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait before retrying after `attempts` tries."""
@@ -213,30 +219,38 @@ class Queue:
     # ------------------------------------------------------------ submitting
 
     def submit(self, repo_id: str, revision: str, env_key: str, *, env_id: str | None = None,
-               episodes: int | None = None, commit_date: str | None = None) -> tuple[Request, bool]:
+               episodes: int | None = None, commit_date: str | None = None, protocol_version: int | None = None,
+               seed_set: str | None = None, submitter: str | None = None) -> tuple[Request, bool]:
         """Queue a request; (the request, whether it was queued now). Requests are unique by
-        (repo, sha, env key, `episodes` override; None is the protocol's own count). A request
-        that exists already is returned as it is, unless it failed for a transient reason or
-        was cancelled by a takedown (`removed`): then it is queued again with fresh attempts
-        and its `generation` goes up (a Hub mirror then prefers it to the old outcome)."""
+        (repo, sha, env key, `episodes` override (None: the protocol's own count), protocol
+        version, seed set); the last two default to what this process's evaluator runs. A
+        request that exists already is returned as it is, unless it failed for a transient
+        reason or was cancelled by a takedown (`removed`): then it is queued again with fresh
+        attempts and its `generation` goes up."""
+        if protocol_version is None or seed_set is None:
+            default_protocol, default_seeds = current_protocol()
+            protocol_version = default_protocol if protocol_version is None else protocol_version
+            seed_set = seed_set or default_seeds
         episodes = episodes or None
-        key = (repo_id, revision, env_key, episodes or 0)
+        key = (repo_id, revision, env_key, episodes or 0, protocol_version, seed_set)
         now = self.clock()
         with self._write() as db:
-            row = db.execute(f"SELECT * FROM requests WHERE {_KEY_WHERE}", key).fetchone()
+            row = db.execute(f"SELECT {_SELECT} FROM requests WHERE {_KEY_WHERE}", key).fetchone()
             if row is None:
                 cursor = db.execute(
                     "INSERT INTO requests (repo_id, revision, env_key, env_id, episodes, commit_date, status, "
-                    "max_attempts, submitted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "max_attempts, submitted_at, updated_at, protocol_version, seed_set, submitter) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (repo_id, revision, env_key, env_id, episodes, commit_date, Status.PENDING.value,
-                     self.max_attempts, now, now))
+                     self.max_attempts, now, now, protocol_version, seed_set, submitter))
                 return self._get(db, cursor.lastrowid), True
-            request = Request.from_row(row)
+            request = Request(*row)
             if request.status == Status.FAILED and request.error_code in REQUEUED_CODES:
                 db.execute("UPDATE requests SET status = ?, attempts = 0, not_before = NULL, error_code = NULL, "
                            "error = NULL, finished_at = NULL, result_id = NULL, lease_owner = NULL, "
-                           "lease_expires = NULL, max_attempts = ?, generation = generation + 1, updated_at = ? "
-                           "WHERE id = ?", (Status.PENDING.value, self.max_attempts, now, request.id))
+                           "lease_expires = NULL, max_attempts = ?, generation = generation + 1, updated_at = ?, "
+                           "submitter = COALESCE(?, submitter) WHERE id = ?",
+                           (Status.PENDING.value, self.max_attempts, now, submitter, request.id))
                 return self._get(db, request.id), True
         return request, False
 
@@ -271,8 +285,8 @@ class Queue:
                 return None
             db.execute("UPDATE requests SET status = ?, lease_owner = ?, lease_expires = ?, attempts = attempts + 1, "
                        "started_at = ?, updated_at = ? WHERE id = ?",
-                       (Status.RUNNING.value, owner, now + lease_seconds, now, now, row["id"]))
-            return self._get(db, row["id"])
+                       (Status.RUNNING.value, owner, now + lease_seconds, now, now, row[0]))
+            return self._get(db, row[0])
 
     def renew(self, request_id: int, owner: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> bool:
         """Extend the lease; False when `owner` no longer holds it (it expired and was reaped)."""
@@ -293,17 +307,9 @@ class Queue:
     def finish(self, request_id: int, owner: str, status: Status, *, error_code: str | None = None,
                error: str | None = None, result_id: str | None = None) -> bool:
         """End a request (finished or failed); False when `owner` no longer held it."""
-        if not Status(status).terminal:
-            raise ValueError(f"finish() takes a terminal status, not {status}")
-        now = self.clock()
         with self._write() as db:
-            cursor = db.execute(
-                "UPDATE requests SET status = ?, error_code = ?, error = ?, result_id = ?, finished_at = ?, "
-                "updated_at = ?, lease_owner = NULL, lease_expires = NULL, not_before = NULL "
-                "WHERE id = ? AND status = ? AND lease_owner = ?",
-                (Status(status).value, error_code, error, result_id, now, now, request_id, Status.RUNNING.value,
-                 owner))
-            return cursor.rowcount == 1
+            return finish_in(db, request_id, owner, status, error_code=error_code, error=error, result_id=result_id,
+                             now=self.clock())
 
     def retry(self, request_id: int, owner: str, *, error_code: str, error: str) -> Request | None:
         """A transient failure: back to pending after a backoff, or failed when the attempts
@@ -337,15 +343,9 @@ class Queue:
     def cancel_repo(self, repo_id: str, reason: str) -> int:
         """Fail the pending and running requests of a repo (a takedown, for `reason`) with
         `removed`; returns how many. A running request loses its lease: its worker records
-        the result as taken down (hidden), see `Worker.process`."""
-        now = self.clock()
+        the result as taken down (hidden), see `Store.record_request`."""
         with self._write() as db:
-            cursor = db.execute("UPDATE requests SET status = ?, error_code = ?, error = ?, finished_at = ?, "
-                                "updated_at = ?, lease_owner = NULL, lease_expires = NULL, not_before = NULL "
-                                "WHERE repo_id = ? AND status IN (?, ?)",
-                                (Status.FAILED.value, QueueErrorCode.REMOVED.value, TAKEDOWN_ERROR + reason, now,
-                                 now, repo_id, Status.PENDING.value, Status.RUNNING.value))
-            return cursor.rowcount
+            return cancel_in(db, repo_id, reason, now=self.clock())
 
     def taken_down(self, request_id: int) -> str | None:
         """The takedown's reason when `cancel_repo` ended this request, else None."""
@@ -365,7 +365,8 @@ class Queue:
         if status is not None:
             query, args = query + " WHERE status = ?", (Status(status).value,)
         with self._connect() as db:
-            return [Request.from_row(r) for r in db.execute(query + " ORDER BY submitted_at, id", args)]
+            return [Request(*r) for r in db.execute(query.replace("*", _SELECT) + " ORDER BY submitted_at, id",
+                                                    args)]
 
     def counts(self) -> dict[str, int]:
         with self._connect() as db:
@@ -379,51 +380,50 @@ class Queue:
                              (Status.PENDING.value,)).fetchone()
         return row[0]
 
-    # ------------------------------------------------------------ mirroring (leaderboard.hubsync)
+    def submitted_since(self, submitter: str, since: float) -> int:
+        """How many requests `submitter` made since `since` (epoch seconds): for rate limits."""
+        with self._connect() as db:
+            return db.execute("SELECT COUNT(*) FROM requests WHERE submitter = ? AND submitted_at >= ?",
+                              (submitter, since)).fetchone()[0]
 
-    def import_requests(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Adopt requests seen in another store's mirror. Each record has a `generation` (how
-        often it was queued again after it ended): an older generation than the local one is
-        ignored (a local resubmission beats the outcome it replaces); a newer one replaces the
-        local record (pending if it is not done there, else with its outcome), except that a
-        request running here keeps running unless it is done there. Within one generation: an
-        unknown request is added, a local pending one that is done there takes that outcome,
-        and a local running one that was taken down there (`removed`) is cancelled. The
-        mirror's timestamps are kept, so mirrors converge. Returns how many changed."""
-        now, changed = self.clock(), 0
-        with self._write() as db:
-            for row in rows:
-                status = Status(row["status"])
-                done = status.terminal
-                episodes = row.get("episodes") or None
-                generation = int(row.get("generation") or 0)
-                key = (row["repo_id"], row["revision"], row["env_key"], episodes or 0)
-                local = db.execute(f"SELECT * FROM requests WHERE {_KEY_WHERE}", key).fetchone()
-                outcome = (row.get("error_code"), row.get("error"), row.get("result_id")) if done else (None,) * 3
-                updated = row.get("updated_at") or now
-                if local is None:
-                    db.execute(
-                        "INSERT INTO requests (repo_id, revision, env_key, env_id, episodes, commit_date, status, "
-                        "max_attempts, submitted_at, updated_at, finished_at, error_code, error, result_id, "
-                        "generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (*key[:3], row.get("env_id"), episodes, row.get("commit_date"),
-                         status.value if done else Status.PENDING.value, self.max_attempts,
-                         row.get("submitted_at") or now, updated, now if done else None, *outcome, generation))
-                    changed += 1
-                    continue
-                running = local["status"] == Status.RUNNING.value
-                if generation < local["generation"]:
-                    continue
-                if generation > local["generation"] and running and not done:
-                    db.execute("UPDATE requests SET generation = ? WHERE id = ?", (generation, local["id"]))
-                    changed += 1
-                elif generation > local["generation"] or (
-                        done and (local["status"] == Status.PENDING.value
-                                  or running and row.get("error_code") == QueueErrorCode.REMOVED.value)):
-                    db.execute("UPDATE requests SET status = ?, error_code = ?, error = ?, result_id = ?, "
-                               "finished_at = ?, updated_at = ?, generation = ?, attempts = ?, not_before = NULL, "
-                               "lease_owner = NULL, lease_expires = NULL WHERE id = ?",
-                               (status.value if done else Status.PENDING.value, *outcome, now if done else None,
-                                updated, generation, local["attempts"] if done else 0, local["id"]))
-                    changed += 1
-        return changed
+
+# ---------------------------------------------------------------- inside a store transaction
+
+
+def finish_in(db: sqlite3.Connection, request_id: int, owner: str, status: Status | str, *,
+              error_code: str | None = None, error: str | None = None, result_id: str | None = None,
+              now: float | None = None) -> bool:
+    """End a request inside the caller's transaction; False when `owner` no longer held it."""
+    if not Status(status).terminal:
+        raise ValueError(f"finish() takes a terminal status, not {status}")
+    now = time.time() if now is None else now
+    cursor = db.execute(
+        "UPDATE requests SET status = ?, error_code = ?, error = ?, result_id = ?, finished_at = ?, "
+        "updated_at = ?, lease_owner = NULL, lease_expires = NULL, not_before = NULL "
+        "WHERE id = ? AND status = ? AND lease_owner = ?",
+        (Status(status).value, error_code, error, result_id, now, now, request_id, Status.RUNNING.value, owner))
+    return cursor.rowcount == 1
+
+
+def takedown_reason_in(db: sqlite3.Connection, request_id: int) -> str | None:
+    """The takedown's reason when `cancel_repo` ended this request, else None."""
+    row = db.execute("SELECT status, error_code, error FROM requests WHERE id = ?", (request_id,)).fetchone()
+    if row is None or row[0] != Status.FAILED.value or row[1] != QueueErrorCode.REMOVED.value:
+        return None
+    return (row[2] or "").removeprefix(TAKEDOWN_ERROR) or "removed"
+
+
+def held_in(db: sqlite3.Connection, request_id: int, owner: str) -> bool:
+    row = db.execute("SELECT 1 FROM requests WHERE id = ? AND status = ? AND lease_owner = ?",
+                     (request_id, Status.RUNNING.value, owner)).fetchone()
+    return row is not None
+
+
+def cancel_in(db: sqlite3.Connection, repo_id: str, reason: str, *, now: float) -> int:
+    """`Queue.cancel_repo` inside the caller's transaction."""
+    cursor = db.execute("UPDATE requests SET status = ?, error_code = ?, error = ?, finished_at = ?, "
+                        "updated_at = ?, lease_owner = NULL, lease_expires = NULL, not_before = NULL "
+                        "WHERE repo_id = ? AND status IN (?, ?)",
+                        (Status.FAILED.value, QueueErrorCode.REMOVED.value, TAKEDOWN_ERROR + reason, now,
+                         now, repo_id, Status.PENDING.value, Status.RUNNING.value))
+    return cursor.rowcount

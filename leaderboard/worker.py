@@ -2,13 +2,15 @@
 
 `Worker.run` is one long-lived loop (torch is imported once per process, then every request
 reuses it); `run_pool` runs `concurrency` such loops as separate processes, restarts any that
-dies, and mirrors the store to a Hub dataset between requests when asked to.
+dies, reports each request (one line on stderr, a progress bar on a terminal), backs the
+database up on its cadence and publishes to a Hub dataset between requests when asked to.
 
 Guarantees: an evaluation that raises, crashes or returns garbage is a `failed` request, never a
 dead worker; a worker that dies (SIGKILL, OOM, power cut) stops renewing its lease, so its
 request returns to `pending` and another worker takes it; transient failures (`hub_unavailable`)
 are retried with backoff, everything else ends the request at once; a result is recorded only
-by the worker that still holds the request's lease.
+by the worker that still holds the request's lease, in the same transaction that ends the
+request (`Store.record_request`): recorded exactly once by construction.
 """
 
 from __future__ import annotations
@@ -27,18 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from evaluator.errors import ErrorCode
 from evaluator.result import STATUS_FAILED, EvalResult
 
+from .progress import RequestReport
 from .queue import DEFAULT_LEASE_SECONDS, TRANSIENT_CODES, Queue, Request, Status
-from .store import Store, StoreError
+from .store import LeaseLostError, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_SECONDS = 5.0  # how often an idle worker looks for new requests
-DEFAULT_SYNC_SECONDS = 60.0  # how often run_pool mirrors to the Hub dataset (with --hub-dataset)
+DEFAULT_SYNC_SECONDS = 60.0  # how often run_pool publishes to the Hub dataset (with --hub-dataset)
+BACKUP_CHECK_SECONDS = 60.0  # how often run_pool checks whether a backup is due
 
 EvaluateFn = Callable[..., EvalResult]
 
@@ -106,12 +108,14 @@ class _Heartbeat:
 
 class Worker:
     def __init__(self, store: Store | str | Path, *, config: WorkerConfig | None = None,
-                 evaluate_fn: EvaluateFn | None = None, owner: str | None = None):
+                 evaluate_fn: EvaluateFn | None = None, owner: str | None = None,
+                 report: Callable[[RequestReport], Any] | None = None):
         self.store = store if isinstance(store, Store) else Store(store)
         self.config = config or WorkerConfig()
-        self.queue = Queue(self.store.queue_path, **self.config.queue_options)
+        self.queue = self.store.queue(**self.config.queue_options)
         self.evaluate_fn = evaluate_fn or _default_evaluate
         self.owner = owner or new_worker_id()
+        self.report = report
 
     def _evaluate(self, request: Request, video_path: Path | None) -> EvalResult:
         try:
@@ -133,81 +137,72 @@ class Worker:
             result.repo_id = request.repo_id
         return result
 
-    def _taken_down(self, request: Request, history: pd.DataFrame | None = None) -> str | None:
-        """Why the request's repo was taken down after this worker claimed it, else None: the
-        takedown cancelled the request (`remove` on this store), or rows of the repo were
-        hidden since the claim (a takedown merged from a Hub mirror)."""
-        reason = self.queue.taken_down(request.id)
-        if reason or history is None or history.empty or request.started_at is None:
-            return reason
-        since = pd.Timestamp(request.started_at, unit="s", tz="UTC")
-        hit = history[(history["repo_id"] == request.repo_id) & (history["removed_at"] >= since)]
-        return None if hit.empty else (hit["removed_reason"].dropna().tolist() or ["removed"])[-1]
-
     def process(self, request: Request) -> Status | None:
         """Evaluate one claimed request and end it; returns its new status (None: lease lost).
 
-        The lease is renewed until the request has ended, recording included (a slow write
-        under the store lock must not let another worker take the request and evaluate it
-        again). A repo taken down while its request ran (`remove`) is recorded hidden, as if
-        the takedown came after it (kept in the history, never ranked), without its replay."""
+        The lease is renewed until the request has ended, recording included. A repo taken
+        down while its request ran (`remove`) is recorded hidden (kept in the history, never
+        ranked), without its replay."""
         video_path = self.store.new_video_path() if self.config.video else None
         log.info("evaluating request %s: %s @ %s on %s", request.id, request.repo_id, request.revision[:10],
                  request.env_key)
+        started, status, result = time.monotonic(), None, None
         try:
             with _Heartbeat(self.queue, request.id, self.owner, self.config.lease_seconds) as beat:
-                return self._process(request, video_path, beat)
+                status, result = self._process(request, video_path, beat)
+            return status
         finally:
             if video_path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     video_path.unlink()
+            if self.report is not None:
+                self.report(RequestReport.of(request, status, result, time.monotonic() - started))
 
-    def _process(self, request: Request, video_path: Path | None, beat: _Heartbeat) -> Status | None:
+    def _process(self, request: Request, video_path: Path | None,
+                 beat: _Heartbeat) -> tuple[Status | None, EvalResult]:
         result = self._evaluate(request, video_path)
-        removed = self._taken_down(request)
+        removed = self.queue.taken_down(request.id)
         if result.error_code in TRANSIENT_CODES:
             if removed:  # the takedown ended the request; a transient failure records no row
-                return Status.FAILED
+                return Status.FAILED, result
             again = self.queue.retry(request.id, self.owner, error_code=result.error_code,
                                      error=result.error or "transient failure")
-            return again.status if again else None
+            return (again.status if again else None), result
         if removed:
             log.warning("request %s: %s was taken down during the evaluation; its result is kept hidden",
                         request.id, request.repo_id)
-            result.video = None  # no replay of a taken-down repo
-        elif beat.lost or not self.queue.holds(request.id, self.owner):
+        elif beat.lost:
             log.warning("request %s: lease lost during the evaluation; result dropped", request.id)
-            return None
+            return None, result
         try:
-            result_id = self.store.record(result, commit_date=request.commit_date,
-                                          takedown=lambda history: self._taken_down(request, history))
-        except StoreError:
-            if not removed:
+            recorded = self.store.record_request(result, request_id=request.id, owner=self.owner,
+                                                 commit_date=request.commit_date, now=self.queue.clock())
+        except LeaseLostError:
+            log.warning("request %s: lease lost before recording; another worker will redo it", request.id)
+            return None, result
+        except StoreError:  # the store needs its operator (full disk, damaged file): hand the request back
+            with contextlib.suppress(Exception):
                 self.queue.release(request.id, self.owner)
             raise
         except Exception as err:
             log.exception("recording the result of request %s failed", request.id)
-            if removed:
-                return Status.FAILED
             again = self.queue.retry(request.id, self.owner, error_code="store_error",
                                      error=f"recording the result failed ({type(err).__name__}: {err})")
-            return again.status if again else None
-        if removed or self.queue.taken_down(request.id):
-            return Status.FAILED  # the takedown ended the request
-        status = Status.FINISHED if result.finished else Status.FAILED
-        if not self.queue.finish(request.id, self.owner, status, error_code=result.error_code,
-                                 error=result.error, result_id=result_id):
-            log.warning("request %s: lease lost while recording; another worker will redo it", request.id)
-            return None
-        return status
+            return (again.status if again else None), result
+        if recorded.hidden:
+            return Status.FAILED, result  # the takedown ended the request
+        return (Status.FINISHED if result.finished else Status.FAILED), result
 
-    def run(self, *, once: bool = False, stop: Any = None, max_requests: int | None = None) -> WorkerStats:
+    def run(self, *, once: bool = False, stop: Any = None, max_requests: int | None = None,
+            chores: Callable[[], Any] | None = None) -> WorkerStats:
         """Claim and process requests until `stop` is set (an Event), `max_requests` were done,
-        or, with `once`, no request is due."""
+        or, with `once`, no request is due. `chores` runs between requests."""
         stats = WorkerStats()
         self.store.cleanup_tmp()
         done = 0
         while not (stop is not None and stop.is_set()):
+            if chores is not None:
+                chores()
             if max_requests is not None and done >= max_requests:
                 break
             request = self.queue.claim(self.owner, lease_seconds=self.config.lease_seconds)
@@ -258,34 +253,58 @@ def _child(store_dir: str, config: WorkerConfig, once: bool, stop, results, pare
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
     try:
-        stats = Worker(store_dir, config=config).run(once=once, stop=_StopOrOrphaned(stop, parent_pid))
+        stats = Worker(store_dir, config=config, report=results.put).run(
+            once=once, stop=_StopOrOrphaned(stop, parent_pid))
     except StoreError as err:  # the store needs its operator: stop every worker, say why
         results.put(str(err))
         return
     results.put(stats)
 
 
+class _Chores:
+    """The head's periodic work between requests: publish to the Hub dataset every
+    `sync_seconds`, back the database up when due (checked every minute). A failure is logged
+    and retried at the next round: it never stops the queue workers."""
+
+    def __init__(self, store: Store, publish: Callable[[], Any] | None, sync_seconds: float):
+        self.store, self.publish, self.sync_seconds = store, publish, sync_seconds
+        self.last_publish = self.last_backup = -float("inf")
+
+    def run(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.publish is not None and (force or now - self.last_publish >= self.sync_seconds):
+            self.last_publish = now
+            self._guarded("publishing to the Hub dataset", self.publish)
+        if force or now - self.last_backup >= BACKUP_CHECK_SECONDS:
+            self.last_backup = now
+            self._guarded("backing up the database", self.store.maybe_backup)
+
+    @staticmethod
+    def _guarded(what: str, action: Callable[[], Any]) -> None:
+        try:
+            action()
+        except Exception as err:
+            log.error("%s failed (retried at the next round): %s", what, err)
+
+
 def run_pool(store: Store | str | Path, *, concurrency: int = 1, once: bool = False,
-             config: WorkerConfig | None = None, sync: Callable[[], Any] | None = None,
-             sync_seconds: float = DEFAULT_SYNC_SECONDS, stop: threading.Event | None = None) -> WorkerStats:
+             config: WorkerConfig | None = None, publish: Callable[[], Any] | None = None,
+             sync_seconds: float = DEFAULT_SYNC_SECONDS, stop: threading.Event | None = None,
+             report: Callable[[RequestReport], Any] | None = None) -> WorkerStats:
     """Run `concurrency` workers (separate processes when more than one) until stopped or, with
-    `once`, until the queue has nothing due. `sync` (a Hub mirror) runs before, every
-    `sync_seconds`, and at the end; its failures are logged and retried at the next round."""
+    `once`, until the queue has nothing due. `report` receives one RequestReport per request.
+    `publish` (a Hub dataset round) runs before, every `sync_seconds` and at the end; a backup
+    of the database is made when due (at start, then checked every minute). Their failures are
+    logged and retried at the next round."""
     store = store if isinstance(store, Store) else Store(store)
     config = config or WorkerConfig()
     stop = stop or threading.Event()
-
-    def mirror() -> None:
-        if sync is None:
-            return
-        try:
-            sync()
-        except Exception as err:
-            log.error("Hub mirror failed (retried at the next round): %s", err)
-
-    mirror()
-    if concurrency <= 1 and sync is None:
-        return Worker(store, config=config).run(once=once, stop=stop)
+    chores = _Chores(store, publish, sync_seconds)
+    chores.run(force=True)
+    if concurrency <= 1:
+        stats = Worker(store, config=config, report=report).run(once=once, stop=stop, chores=chores.run)
+        chores.run(force=True)
+        return stats
     context = multiprocessing.get_context("spawn")
     child_stop = context.Event()
     results = context.Queue()
@@ -299,7 +318,6 @@ def run_pool(store: Store | str | Path, *, concurrency: int = 1, once: bool = Fa
         return process
 
     processes = [start() for _ in range(max(concurrency, 1))]
-    last_sync = time.monotonic()
     fatal: list[str] = []
 
     def collect() -> None:
@@ -308,6 +326,9 @@ def run_pool(store: Store | str | Path, *, concurrency: int = 1, once: bool = Fa
             if isinstance(item, str):
                 fatal.append(item)
                 child_stop.set()
+            elif isinstance(item, RequestReport):
+                if report is not None:
+                    report(item)
             else:
                 total.add(item)
 
@@ -325,9 +346,7 @@ def run_pool(store: Store | str | Path, *, concurrency: int = 1, once: bool = Fa
             collect()
             if stop.is_set():
                 child_stop.set()
-            if sync is not None and time.monotonic() - last_sync >= sync_seconds:
-                mirror()
-                last_sync = time.monotonic()
+            chores.run()
     except KeyboardInterrupt:
         child_stop.set()
         for process in processes:
@@ -337,5 +356,5 @@ def run_pool(store: Store | str | Path, *, concurrency: int = 1, once: bool = Fa
         collect()
     if fatal:
         raise StoreError(fatal[0])
-    mirror()
+    chores.run(force=True)
     return total

@@ -125,16 +125,41 @@ def test_evaluator_cli_records_the_result_and_its_replay_in_the_store(hub, tmp_p
     assert rows.loc[0, "commit_date"] is not None and not rows["commit_date"].isna().any()
 
 
-def test_worker_with_hub_dataset_mirrors_the_store(hub, tmp_path):
+def test_worker_with_hub_dataset_publishes_and_show_reads_the_publication(hub, tmp_path):
     store = Store(tmp_path / "store")
     store.record(make_result("x/one", "1" * 40))
-    proc = run_cli("worker", "--once", "--store", str(store.root), "--hub-dataset", "org/board", hub_url=hub.url)
+    args = ("worker", "--once", "--store", str(store.root), "--hub-dataset", "org/board")
+    proc = run_cli(*args, hub_url=hub.url)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr and "--create" in proc.stderr  # never silently
+    proc = run_cli(*args, "--create", hub_url=hub.url)
     assert proc.returncode == 0, proc.stderr
     from huggingface_hub import HfApi
 
     files = HfApi(endpoint=hub.url).list_repo_files("org/board", repo_type="dataset")
-    assert "results.parquet" in files
-    other = Store(tmp_path / "other")
-    assert main(["show", "--json", "--store", str(other.root), "--hub-dataset", "org/board",
-                 "--endpoint", hub.url]) == 0
-    assert list(other.history()["repo_id"]) == ["x/one"]
+    assert {"leaderboard.parquet", "store.json", "history/000000000001-000000000001.parquet"} <= set(files)
+    other = tmp_path / "other"  # a machine with no store of its own, like a deployed Space
+    proc = run_cli("show", "--json", "--store", str(other), "--hub-dataset", "org/board", hub_url=hub.url)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    assert row["repo_id"] == "x/one" and row["rank"] == 1 and row["episode_returns"] == [100.0, 120.0]
+    assert not (other / "leaderboard.sqlite3").exists()
+    proc = run_cli("show", "--store", str(other), "--hub-dataset", "org/missing", hub_url=hub.url)
+    assert proc.returncode == 1 and "org/missing" in proc.stderr
+
+
+def test_export_writes_history_and_ranking_for_pandas(tmp_path):
+    import pandas as pd
+
+    from leaderboard.rows import read_results
+
+    store = Store(tmp_path / "store")
+    store.record(make_result("x/one", "1" * 40, score=5))
+    store.record(make_result("y/two", "1" * 40, score=7))
+    store.remove("x/one", reason="gone")
+    assert main(["export", str(tmp_path / "out"), "--store", str(store.root)]) == 0
+    history = read_results(tmp_path / "out" / "history.parquet")  # the previous version's results.parquet format
+    assert list(history["repo_id"]) == ["x/one", "y/two"] and history["removed_reason"].tolist()[0] == "gone"
+    assert list(pd.read_parquet(tmp_path / "out" / "ranking.parquet")["repo_id"]) == ["y/two"]
+    assert main(["export", str(tmp_path / "csv"), "--format", "csv", "--store", str(store.root)]) == 0
+    frame = pd.read_csv(tmp_path / "csv" / "history.csv")
+    assert len(frame) == 2 and json.loads(frame.loc[1, "episode_returns"]) == [7.0, 27.0]

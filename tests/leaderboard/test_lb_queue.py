@@ -10,7 +10,6 @@ import pytest
 from lb_helpers import make_result
 
 from evaluator.result import EvalResult
-from leaderboard.hubsync import merge_requests, request_rows
 from leaderboard.queue import Queue, QueueErrorCode, Status
 from leaderboard.store import Store
 from leaderboard.worker import Worker, WorkerConfig
@@ -243,13 +242,13 @@ def test_a_takedown_racing_the_recording_still_hides_the_row(tmp_path):
     queue.submit("ann/raced", SHA, "CartPole-v1")
     worker = Worker(store, config=WorkerConfig(video=False),
                     evaluate_fn=_fake_evaluator({"ann/raced": make_result("ann/raced", SHA)}))
-    real_record = store.record
+    real_record = store.record_request
 
     def record_after_the_takedown(result, **kwargs):  # the takedown lands after the worker's checks
         _takedown(store, result.repo_id)
         return real_record(result, **kwargs)
 
-    store.record = record_after_the_takedown
+    store.record_request = record_after_the_takedown
     assert worker.run(once=True).failed == 1
     assert store.ranking().empty
     assert store.history()["removed_at"].notna().all() and len(store.history()) == 1
@@ -262,55 +261,15 @@ def test_the_lease_is_renewed_while_a_slow_recording_runs(tmp_path):
     request, _ = queue.submit("ann/slow", SHA, "CartPole-v1")
     worker = Worker(store, config=WorkerConfig(lease_seconds=0.4, video=False),
                     evaluate_fn=_fake_evaluator({"ann/slow": make_result("ann/slow", SHA)}))
-    real_record, stolen = store.record, []
+    real_record, stolen = store.record_request, []
 
     def slow_record(result, **kwargs):
-        time.sleep(1.2)  # three leases long, under the store lock
+        time.sleep(1.2)  # three leases long
         stolen.append(queue.claim("another-worker", lease_seconds=60))
         return real_record(result, **kwargs)
 
-    store.record = slow_record
+    store.record_request = slow_record
     stats = worker.run(once=True)
     assert stolen == [None]  # nobody could take the request meanwhile
     assert (stats.finished, stats.lost) == (1, 0)
     assert queue.get(request.id).status is Status.FINISHED
-
-
-def test_a_resubmission_after_a_transient_failure_beats_the_mirrored_failure(tmp_path, clock):
-    here = Queue(tmp_path / "here.sqlite3", max_attempts=1, clock=clock)
-    there = Queue(tmp_path / "there.sqlite3", clock=clock)
-    request, _ = here.submit("ann/a", SHA, "CartPole-v1")
-    here.claim("w")
-    here.retry(request.id, "w", error_code="hub_unavailable", error="the Hub answered 503")
-    assert here.get(request.id).status is Status.FAILED
-    mirror = merge_requests(request_rows(here))  # the failure reached the Hub mirror
-    there.import_requests(mirror)
-
-    clock.now += 60
-    again, created = here.submit("ann/a", SHA, "CartPole-v1")  # the user tries again
-    assert created and again.status is Status.PENDING and again.generation == 1
-    merged = merge_requests(request_rows(here), mirror)  # the next sync round
-    assert [(r["status"], r["generation"]) for r in merged] == [("pending", 1)]
-    assert here.import_requests(mirror) == 0  # the old failure does not end the new request
-    assert here.get(request.id).status is Status.PENDING
-    assert here.claim("w").id == request.id  # ... so it runs
-    # the other machine takes the new round too; mirrors of the previous version have no generation
-    assert there.import_requests(merged) == 1 and there.list()[0].status is Status.PENDING
-    legacy = [{k: v for k, v in row.items() if k != "generation"} for row in mirror]
-    assert merge_requests(request_rows(here), legacy)[0]["generation"] == 1
-
-
-def test_a_takedown_on_another_machine_cancels_the_running_request_here(tmp_path, clock):
-    here = Queue(tmp_path / "here.sqlite3", clock=clock)
-    there = Queue(tmp_path / "there.sqlite3", clock=clock)
-    request, _ = here.submit("ann/a", SHA, "CartPole-v1")
-    there.import_requests(request_rows(here))
-    here.claim("w")
-    clock.now += 1
-    assert there.cancel_repo("ann/a", "DMCA") == 1
-    merged = merge_requests(request_rows(here), request_rows(there))
-    assert [(r["status"], r["error_code"]) for r in merged] == [("failed", "removed")]
-    assert here.import_requests(merged) == 1
-    assert here.taken_down(request.id) == "DMCA"
-    assert here.get(request.id).error == "the repo was taken down: DMCA"
-    assert not here.holds(request.id, "w")

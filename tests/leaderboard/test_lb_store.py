@@ -1,22 +1,26 @@
-"""The results store: typed parquet table, keys and history, ranking rule, takedowns, replays,
-concurrent writers, crash safety and corrupt files."""
+"""The results store: typed rows, keys and history, the ranking rule and its maintained table,
+pages/search/filters, takedowns, replays, bulk writes, concurrent writers, crash safety and a
+damaged database file."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from lb_helpers import PROJECT, cli_env, make_result, run_cli
 
-from leaderboard import store as store_module
+from leaderboard import ranking as ranking_module
+from leaderboard.rows import frame_records
 from leaderboard.store import KEY, SCHEMA, Store, StoreCorruptError, record, row_to_result
 
 SHA1, SHA2, SHA3 = "1" * 40, "2" * 40, "3" * 40
@@ -25,17 +29,22 @@ SHA1, SHA2, SHA3 = "1" * 40, "2" * 40, "3" * 40
 def test_record_keeps_a_typed_table_with_per_episode_returns(tmp_path):
     store = Store(tmp_path)
     result = make_result()
+    result.episode_returns = [0.1 * i + 1e-17 for i in range(50)]  # bit-for-bit floats
+    result.seeds, result.episode_lengths = list(range(10_000, 10_050)), [7 + i % 3 for i in range(50)]
     row_id = store.record(result, commit_date="2024-05-01T12:00:00Z")
-    table = pq.read_table(store.results_path)
-    assert table.schema.names[: len(SCHEMA)] == SCHEMA.names
-    assert table.schema.field("episode_returns").type == SCHEMA.field("episode_returns").type
     history = store.history()
+    assert list(history.columns) == SCHEMA.names
     assert list(history["row_id"]) == [row_id]
     assert str(history["commit_date"].dtype) == "datetime64[us, UTC]"
     assert history["protocol_version"].dtype == "Int64"
     assert list(history.loc[0, "episode_returns"]) == result.episode_returns
     back = row_to_result(history.iloc[0].to_dict())
     assert back.to_dict() == result.to_dict()
+    # per-episode lists are stored compactly: 50 float64 returns + a seed run + int32 lengths
+    with sqlite3.connect(store.db_path) as db:
+        sizes = db.execute("SELECT length(episode_returns), length(seeds), length(episode_lengths) "
+                           "FROM evaluations").fetchone()
+    assert sizes == (1 + 50 * 8, 1 + 24, 1 + 50 * 4)
 
 
 def test_same_key_twice_is_one_current_row_and_history_keeps_both(tmp_path):
@@ -171,24 +180,21 @@ def test_concurrent_writers_never_lose_a_row(tmp_path):
     assert len(history) == 60 and history["row_id"].is_unique
 
 
-def test_exception_between_temp_write_and_rename_keeps_the_previous_file(tmp_path, monkeypatch):
+def test_an_exception_inside_the_transaction_leaves_no_trace(tmp_path, monkeypatch):
     store = Store(tmp_path)
     store.record(make_result("a/one", SHA1))
-    before = store.results_path.read_bytes()
-    real_replace = os.replace
 
-    def crash(src, dst, *args, **kwargs):
-        if Path(dst) == store.results_path:
-            raise OSError("simulated crash between the temp write and the rename")
-        return real_replace(src, dst, *args, **kwargs)
+    def crash(db, repo_id):
+        raise OSError("simulated crash inside the transaction")
 
-    monkeypatch.setattr(store_module.os, "replace", crash)
+    monkeypatch.setattr(ranking_module, "refresh_repo", crash)
     with pytest.raises(OSError, match="simulated crash"):
         store.record(make_result("b/two", SHA1))
     monkeypatch.undo()
-    assert store.results_path.read_bytes() == before
     assert list(store.history()["repo_id"]) == ["a/one"]
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert list(store.ranking()["repo_id"]) == ["a/one"]
+    store.record(make_result("b/two", SHA1))  # the store goes on
+    assert list(store.ranking()["repo_id"]) == ["a/one", "b/two"]
 
 
 _WRITER = """
@@ -224,33 +230,154 @@ def test_writer_killed_mid_write_leaves_a_readable_store(tmp_path):
     assert seen > 3, "the writer never recorded: the test did not exercise concurrent writes"
 
 
-def test_corrupt_parquet_is_a_clear_error_naming_the_file_and_the_backup(tmp_path):
+def _damage(path: Path, *, keep_header: bool) -> bytes:
+    data = bytearray(path.read_bytes())
+    start = 100 if keep_header else 0
+    data[start:] = bytes((i * 37 + 11) % 256 for i in range(len(data) - start))
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("keep_header", [True, False], ids=["damaged-pages", "not-sqlite"])
+def test_damaged_database_is_a_clear_error_naming_the_backup_and_the_restore_command(tmp_path, keep_header):
     store = Store(tmp_path)
     store.record(make_result("a/one", SHA1))
+    assert store.backup() == store.backup_path
     store.record(make_result("b/two", SHA1))
-    assert store.backup_path.is_file()
-    store.results_path.write_bytes(b"PAR1 this is not parquet any more")
-    garbage = store.results_path.read_bytes()
-    with pytest.raises(StoreCorruptError) as info:
-        store.ranking()
-    message = str(info.value)
-    assert str(store.results_path) in message and str(store.backup_path) in message
-    with pytest.raises(StoreCorruptError):
-        store.record(make_result("c/three", SHA1))
-    assert store.results_path.read_bytes() == garbage  # never written over
-    assert list(pq.read_table(store.backup_path).column("repo_id").to_pylist()) == ["a/one"]
+    store.close()
+    damaged = _damage(store.db_path, keep_header=keep_header)
+    for action in (Store(tmp_path).ranking, Store(tmp_path).history,
+                   lambda: Store(tmp_path).record(make_result("c/three", SHA1))):
+        with pytest.raises(StoreCorruptError) as info:
+            action()
+        message = str(info.value)
+        assert str(store.db_path) in message and str(store.backup_path) in message
+        assert f"python -m leaderboard restore --store {tmp_path}" in message and "Nothing was written" in message
+    assert store.db_path.read_bytes() == damaged  # never written over
 
-    proc = run_cli("show", "--store", str(tmp_path))
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert str(store.results_path) in proc.stderr and str(store.backup_path) in proc.stderr
     proc = run_cli("show", "--store", str(tmp_path), "--json")
-    assert proc.returncode == 1 and '"error"' in proc.stdout and str(store.backup_path) in proc.stdout
+    assert proc.returncode == 1 and json.loads(proc.stdout)["error_code"] == "store_corrupt"
+    assert str(store.backup_path) in proc.stderr
+    proc = run_cli("restore", "--store", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert list(Store(tmp_path).history()["repo_id"]) == ["a/one"]  # the backup's rows
+    kept = [p for p in tmp_path.iterdir() if ".damaged-" in p.name and not p.name.endswith(("-wal", "-shm"))]
+    assert len(kept) == 1 and kept[0].read_bytes() == damaged
 
 
-def test_missing_results_file_with_a_backup_is_not_an_empty_leaderboard(tmp_path):
+def test_backups_follow_their_cadence_not_each_write(tmp_path):
     store = Store(tmp_path)
     store.record(make_result("a/one", SHA1))
+    assert store.maybe_backup(interval=3600) == store.backup_path  # none yet: due
+    first = store.backup_path.stat().st_mtime_ns
     store.record(make_result("b/two", SHA1))
-    store.results_path.unlink()
-    with pytest.raises(StoreCorruptError, match="missing"):
-        store.history()
+    assert store.maybe_backup(interval=3600) is None and store.backup_path.stat().st_mtime_ns == first
+    with sqlite3.connect(store.backup_path) as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert copy.execute("SELECT repo_id FROM evaluations").fetchall() == [("a/one",)]
+
+
+def _random_history(store: Store, rng: random.Random, n: int) -> None:
+    repos = [f"{u}/{m}" for u in ("ann", "Bob", "cy") for m in ("ppo-x", "dqn-y")]
+    envs = ["CartPole-v1", "Acrobot-v1"]
+    shas = [c * 40 for c in "123"]
+    for i in range(n):
+        action = rng.random()
+        repo = rng.choice(repos)
+        if action < 0.08:
+            store.remove(repo, reason=f"takedown {i}")
+            continue
+        date = rng.choice([None, "2024-01-01", "2024-02-01", "2024-03-01"])
+        result = make_result(repo, rng.choice(shas), score=float(rng.randint(0, 5)), mean=float(rng.randint(5, 7)),
+                             env_key=rng.choice(envs), status=rng.choice(["finished"] * 4 + ["failed"]),
+                             ranked=rng.random() < 0.8, evaluated_at=f"2025-01-{rng.randint(1, 28):02d}T00:00:00Z")
+        result.algo = "ppo" if "ppo" in repo else "dqn"
+        store.record(result, commit_date=date)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_maintained_ranking_equals_the_rule_on_random_histories(tmp_path, seed):
+    """Rows in any order, commit dates arriving later from another env's row, ties, failed and
+    unranked re-runs, takedowns and resubmissions: the maintained table agrees with the rule
+    computed from the whole history."""
+    store = Store(tmp_path)
+    _random_history(store, random.Random(seed), 120)
+    expected = ranking_module.rank(store.history())
+    got = store.ranking()
+    columns = ["rank", "env_key", "repo_id", "revision", "row_id", "commit_date"]
+    assert frame_records(got[columns]) == frame_records(expected[columns])
+    for env in ("CartPole-v1", "Acrobot-v1"):
+        assert frame_records(store.ranking(env)[columns]) == frame_records(expected[expected["env_key"] == env][
+            columns].reset_index(drop=True))
+        assert store.count(env) == int((expected["env_key"] == env).sum())
+
+
+def test_pages_search_filters_and_sorts_keep_each_entry_rank(tmp_path):
+    store = Store(tmp_path)
+    results = []
+    for i in range(30):
+        user = "Alice" if i % 10 == 3 else f"user{i:02d}"
+        result = make_result(f"{user}/model-{i}", SHA1, score=float(i), mean=100.0 - i,
+                             evaluated_at=f"2025-01-{i % 28 + 1:02d}T00:00:00Z")
+        result.algo = "PPO" if i % 2 else "dqn"
+        result.claim.verdict = "inflated" if i % 5 == 0 else "consistent"
+        results.append((result, "2024-01-01"))
+    assert len(store.record_many(results, batch=7)) == 30
+    full = store.ranking("CartPole-v1")
+    assert list(full["score"]) == sorted(full["score"], reverse=True) and list(full["rank"]) == list(range(1, 31))
+    rank_of = dict(zip(full["repo_id"], full["rank"], strict=True))
+
+    page = store.ranking("CartPole-v1", limit=10, offset=10)
+    assert list(page["repo_id"]) == list(full["repo_id"][10:20]) and list(page["rank"]) == list(range(11, 21))
+    hits = store.ranking("CartPole-v1", search="aLiCe")  # user substring, any case (trigram index)
+    assert sorted(hits["repo_id"]) == ["Alice/model-13", "Alice/model-23", "Alice/model-3"]
+    assert all(rank_of[r] == k for r, k in zip(hits["repo_id"], hits["rank"], strict=True))
+    assert store.count("CartPole-v1", search="alice") == 3
+    for text in ("l-2", "-2", "E/M", "r1"):  # 3+ characters through the index; shorter ones scan
+        expected = {r for r in full["repo_id"] if text.lower() in r.lower()}
+        assert set(store.ranking(search=text)["repo_id"]) == expected and len(expected) >= 2, text
+    ppo = store.ranking("CartPole-v1", algo="ppo")
+    assert len(ppo) == 15 and all(rank_of[r] == k for r, k in zip(ppo["repo_id"], ppo["rank"], strict=True))
+    inflated = store.ranking(verdict="inflated")
+    assert sorted(inflated["score"]) == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0] and store.count(verdict="inflated") == 6
+    by_mean = store.ranking("CartPole-v1", sort="mean_reward", limit=3)
+    assert list(by_mean["mean_reward"]) == [100.0, 99.0, 98.0] and list(by_mean["rank"]) == [30, 29, 28]
+    by_repo = store.ranking("CartPole-v1", sort="repo_id", limit=2)
+    assert list(by_repo["repo_id"]) == sorted(full["repo_id"])[:2]
+    with pytest.raises(ValueError, match="unknown sort"):
+        store.ranking(sort="DROP TABLE")
+    assert store.ranking("Nope-v0").empty and store.count("Nope-v0") == 0
+
+
+def test_record_many_equals_recording_one_by_one(tmp_path):
+    one, many = Store(tmp_path / "one"), Store(tmp_path / "many")
+    rng = random.Random(7)
+    items = []
+    for i in range(40):
+        result = make_result(f"u{rng.randint(0, 9)}/m", rng.choice([SHA1, SHA2]), score=float(rng.randint(0, 9)),
+                             evaluated_at=f"2025-02-{i % 28 + 1:02d}T{i % 24:02d}:00:00Z")
+        items.append((result, rng.choice([None, "2024-05-01"])))
+    ids_one = [one.record(r, commit_date=d) for r, d in items]
+    assert many.record_many(items, batch=6) == ids_one
+    drop = ["recorded_at"]
+    assert frame_records(one.history().drop(columns=drop)) == frame_records(many.history().drop(columns=drop))
+    assert frame_records(one.ranking().drop(columns=drop)) == frame_records(many.ranking().drop(columns=drop))
+    assert frame_records(one.results().drop(columns=drop)) == frame_records(many.results().drop(columns=drop))
+
+
+def test_replay_pruning_never_walks_the_replays_folder(tmp_path, monkeypatch):
+    store = Store(tmp_path, max_replay_bytes=2500)
+    store.record(make_result("ns/r0", SHA1))  # open (and create) the database first
+
+    def no_walk(self, *args, **kwargs):
+        raise AssertionError(f"walked {self}")
+
+    monkeypatch.setattr(Path, "rglob", no_walk)
+    monkeypatch.setattr(os, "walk", no_walk)
+    for i, sha in enumerate((SHA1, SHA2, SHA3)):
+        video = store.new_video_path()
+        video.write_bytes(b"x" * 1000)
+        store.record(make_result(f"ns/v{i}", sha, video=str(video)))
+    rows = store.results().set_index("repo_id")
+    assert pd.isna(rows.loc["ns/v0", "video"]) and not (tmp_path / f"replays/ns/v0/{SHA1}/CartPole-v1.mp4").exists()
+    assert all((store.root / rows.loc[r, "video"]).is_file() for r in ("ns/v1", "ns/v2"))

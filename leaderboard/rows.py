@@ -1,0 +1,338 @@
+"""One evaluation as a typed row: the column schema, EvalResult <-> row, rows <-> DataFrames.
+
+The columns are data keys (EvalResult's, the claim flattened to `claim_*`, dicts as JSON text,
+per-episode lists kept as lists) plus `row_id`, `commit_date`, `recorded_at`, `removed_at`,
+`removed_reason`. The same schema types the DataFrames of the Python API, the parquet files of
+`export` and of the Hub dataset, and the `results.parquet` of stores written before SQLite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from evaluator.result import ClaimResult, EvalResult
+
+log = logging.getLogger(__name__)
+
+KEY = ("repo_id", "revision", "env_key", "protocol_version", "seed_set")
+
+_TS = pa.timestamp("us", tz="UTC")
+SCHEMA = pa.schema([
+    ("row_id", pa.string()),
+    ("repo_id", pa.string()),
+    ("revision", pa.string()),
+    ("env_key", pa.string()),
+    ("protocol_version", pa.int64()),
+    ("seed_set", pa.string()),
+    ("commit_date", _TS),
+    ("evaluated_at", _TS),
+    ("recorded_at", _TS),
+    ("removed_at", _TS),
+    ("removed_reason", pa.string()),
+    ("status", pa.string()),
+    ("error_code", pa.string()),
+    ("error", pa.string()),
+    ("ranked", pa.bool_()),
+    ("env_id", pa.string()),
+    ("eval_env_id", pa.string()),
+    ("eval_env_kwargs", pa.string()),
+    ("algo", pa.string()),
+    ("format", pa.string()),
+    ("n_episodes", pa.int64()),
+    ("seeds", pa.list_(pa.int64())),
+    ("episode_returns", pa.list_(pa.float64())),
+    ("episode_lengths", pa.list_(pa.int64())),
+    ("mean_reward", pa.float64()),
+    ("std_reward", pa.float64()),
+    ("score", pa.float64()),
+    ("iqm", pa.float64()),
+    ("ci95", pa.list_(pa.float64())),
+    ("claim_mean_reward", pa.float64()),
+    ("claim_std_reward", pa.float64()),
+    ("claim_n_episodes", pa.int64()),
+    ("claim_verdict", pa.string()),
+    ("claim_env_id", pa.string()),
+    ("video", pa.string()),
+    ("video_error", pa.string()),
+    ("notes", pa.list_(pa.string())),
+    ("schema_version", pa.int64()),
+    ("evaluator_version", pa.string()),
+    ("versions", pa.string()),
+    ("platform", pa.string()),
+    ("extra", pa.string()),
+])
+COLUMNS = tuple(SCHEMA.names)
+REQUIRED = ("row_id", *KEY, "status", "evaluated_at")
+JSON_COLUMNS = ("eval_env_kwargs", "versions", "extra")
+TS_COLUMNS = ("commit_date", "evaluated_at", "recorded_at", "removed_at")
+LIST_COLUMNS = tuple(f.name for f in SCHEMA if pa.types.is_list(f.type))
+
+
+# ---------------------------------------------------------------- values
+
+
+def utc(value: Any) -> pd.Timestamp | None:
+    """A UTC timestamp from an ISO string, datetime or Timestamp; None for null/unparseable."""
+    if value is None or value is pd.NaT:
+        return None
+    if isinstance(value, float) and value != value:
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return None
+    if ts is pd.NaT:
+        return None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def iso(value: Any) -> str | None:
+    ts = utc(value)
+    if ts is None:
+        return None
+    return ts.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def to_micros(value: Any) -> int | None:
+    """Microseconds since the epoch (how the database stores times), None for null."""
+    ts = utc(value)
+    return None if ts is None else ts.value // 1000  # Timestamp.value is in nanoseconds
+
+
+def from_micros(value: int | None) -> pd.Timestamp | None:
+    return None if value is None else pd.Timestamp(value, unit="us", tz="UTC")
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars/arrays and pandas NA -> plain Python."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float) and value != value:
+        return None
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def clean_text(value: Any, *, limit: int = 200) -> str | None:
+    """A string that came from outside (a submitter, a request file): no control characters or
+    surrogates, at most `limit` characters. Data, never markup or a command."""
+    if value is None:
+        return None
+    text = unicodedata.normalize("NFC", str(value).encode("utf-8", "replace").decode("utf-8"))
+    text = _CONTROL.sub("", text).strip()
+    return text[:limit] or None
+
+
+def row_id(key: Iterable[Any], evaluated_at: Any, status: str | None) -> str:
+    """The identity of one evaluation: its key, when it ran, and how it ended."""
+    parts = [("" if v is None else str(v)) for v in key] + [iso(evaluated_at) or "", status or ""]
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()
+
+
+def key_id(row: Mapping[str, Any]) -> str:
+    """The identity of a row's key (one current row per key_id)."""
+    parts = ["" if row.get(k) is None else str(row.get(k)) for k in KEY]
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- EvalResult <-> row
+
+
+def result_to_row(result: EvalResult, *, commit_date: Any = None, recorded_at: Any = None) -> dict[str, Any]:
+    data = result.to_dict()
+    claim = data.pop("claim") or {}
+    known = set(COLUMNS) | {"claim", "extra"}
+    extra = {k: v for k, v in data.items() if k not in known}
+    row: dict[str, Any] = {name: data.get(name) for name in COLUMNS if name in data}
+    for name in ("mean_reward", "std_reward", "n_episodes", "verdict", "env_id"):
+        row[f"claim_{name}"] = claim.get(name)
+    for name in JSON_COLUMNS:
+        value = extra if name == "extra" else data.get(name)
+        row[name] = None if value is None or value == {} and name == "extra" else json.dumps(value, sort_keys=True)
+    row["commit_date"] = utc(commit_date)
+    row["evaluated_at"] = utc(result.evaluated_at)
+    row["recorded_at"] = utc(recorded_at) or pd.Timestamp.now(tz="UTC")
+    row["removed_at"], row["removed_reason"] = None, None
+    fit_to_schema(row)
+    row["row_id"] = row_id((row.get(k) for k in KEY), row["evaluated_at"], row.get("status"))
+    return row
+
+
+def row_to_result(row: Mapping[str, Any]) -> EvalResult:
+    """The EvalResult a stored row came from (timestamps back to ISO strings)."""
+    row = {k: plain(v) for k, v in row.items()}
+    data: dict[str, Any] = {}
+    extra = json.loads(row["extra"]) if row.get("extra") else {}
+    data.update(extra)
+    skip = {"row_id", "commit_date", "recorded_at", "removed_at", "removed_reason", "extra", "rank", "seq"}
+    for name, value in row.items():
+        if name in skip or name.startswith("claim_"):
+            continue
+        if name in JSON_COLUMNS:
+            value = json.loads(value) if value else None
+        data[name] = value
+    data["evaluated_at"] = iso(row.get("evaluated_at"))
+    claim = {name: row.get(f"claim_{name}") for name in ("mean_reward", "std_reward", "n_episodes", "verdict",
+                                                          "env_id")}
+    claim["verdict"] = claim["verdict"] or ClaimResult().verdict
+    data["claim"] = claim
+    return EvalResult.from_dict(data)
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _fit_int(value: Any) -> tuple[Any, bool]:
+    """(the value as an int64, True) or (None, False) when it does not fit one."""
+    if isinstance(value, bool):
+        return int(value), True
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")) or not value.is_integer():
+            return None, False
+        value = int(value)
+    if isinstance(value, int):
+        return (value, True) if _INT64_MIN <= value <= _INT64_MAX else (None, False)
+    try:
+        return _fit_int(int(value))  # numpy integers and the like
+    except (TypeError, ValueError, OverflowError):
+        return None, False
+
+
+def _fit_float(value: Any) -> tuple[Any, bool]:
+    try:
+        return float(value), True
+    except (TypeError, ValueError, OverflowError):
+        return None, False
+
+
+def _fit_str(value: Any) -> tuple[Any, bool]:
+    return (value if isinstance(value, str) else str(value)), True
+
+
+def _fit_bool(value: Any) -> tuple[Any, bool]:
+    return bool(value), True
+
+
+_FITTERS = {pa.int64(): _fit_int, pa.float64(): _fit_float, pa.string(): _fit_str, pa.bool_(): _fit_bool}
+
+
+def fit_to_schema(row: dict[str, Any]) -> None:
+    """Make every value fit its column (in place): a value a column cannot hold (an int beyond
+    int64, such as a claimed `n_eval_episodes` of 10**20) is stored as null and said in `notes`,
+    so that recording never fails on what an agent's files claim (never a lost row)."""
+    notes = []
+    for field in SCHEMA:
+        value = row.get(field.name)
+        if value is None:
+            continue
+        list_type = field.type.value_type if pa.types.is_list(field.type) else None
+        fit = _FITTERS.get(list_type or field.type)
+        if fit is None:
+            continue
+        if list_type is None:
+            row[field.name], ok = fit(value)
+            if not ok:
+                notes.append(f"{field.name} {_short_repr(value)} does not fit the store's column: stored as null")
+            continue
+        if not isinstance(value, (list, tuple)):
+            row[field.name] = None
+            notes.append(f"{field.name} is not a list: stored as null")
+            continue
+        fitted = [fit(v) if v is not None else (None, True) for v in value]
+        if all(ok for _, ok in fitted):
+            row[field.name] = [v for v, _ in fitted]
+        else:
+            row[field.name] = None
+            notes.append(f"{field.name} holds values that do not fit the store's column: stored as null")
+    if notes:
+        row["notes"] = [*(row.get("notes") or []), *notes]
+        log.warning("%s: %s", row.get("repo_id"), "; ".join(notes))
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---------------------------------------------------------------- rows <-> frames and tables
+
+_PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
+def table_to_frame(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas(types_mapper=_PANDAS_TYPES.get)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """The schema's columns first (cast; added as nulls when an older file lacks them), then any
+    unknown columns a newer writer added, kept as they are."""
+    arrays, fields = [], []
+    for field in SCHEMA:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            arrays.append(column if column.type == field.type else column.cast(field.type))
+        else:
+            arrays.append(pa.nulls(table.num_rows, field.type))
+        fields.append(field)
+    for name in table.column_names:
+        if name not in SCHEMA.names:
+            arrays.append(table.column(name))
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def rows_to_table(rows: list[dict[str, Any]], *, columns: Iterable[str] = COLUMNS) -> pa.Table:
+    """A typed table from row dicts (timestamps as pd.Timestamp/None, lists as lists)."""
+    columns = list(columns)
+    arrays, fields = [], []
+    for name in columns:
+        field = SCHEMA.field(name) if name in SCHEMA.names else None
+        values = [row.get(name) for row in rows]
+        if field is not None and name in TS_COLUMNS:
+            values = [None if v is None else v.to_pydatetime() if isinstance(v, pd.Timestamp) else v for v in values]
+        arrays.append(pa.array(values, type=field.type if field is not None else None))
+        fields.append(field if field is not None else pa.field(name, arrays[-1].type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def rows_to_frame(rows: list[dict[str, Any]], *, columns: Iterable[str] = COLUMNS) -> pd.DataFrame:
+    return table_to_frame(rows_to_table(rows, columns=columns))
+
+
+def empty_frame() -> pd.DataFrame:
+    return table_to_frame(SCHEMA.empty_table())
+
+
+def read_results(source: Any) -> pd.DataFrame:
+    """A results table from a parquet file (the format of `results.parquet` before SQLite, and
+    of `export`); ValueError, saying why, when it is not one."""
+    try:
+        table = pq.read_table(source)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise ValueError(f"not a readable parquet file ({err})") from err
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise ValueError(f"not a results table (missing columns {', '.join(missing)})")
+    try:
+        return table_to_frame(conform(table))
+    except (pa.ArrowException, ValueError, TypeError) as err:
+        raise ValueError(f"columns of unexpected types ({err})") from err
+
+
+def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Plain-Python records of a frame (for comparisons, JSON and re-insertion)."""
+    return [{k: plain(v) for k, v in record.items()} for record in frame.to_dict("records")]
