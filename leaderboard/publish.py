@@ -107,10 +107,14 @@ def leaderboard_table(ranking: pd.DataFrame) -> pa.Table:
 
 
 def read_published(dataset_id: str, *, endpoint: str | None = None, token: str | bool | None = None) -> pd.DataFrame:
-    """The ranking a dataset publishes (its leaderboard.parquet), as a DataFrame."""
-    from huggingface_hub import hf_hub_download
+    """The ranking a dataset publishes (its leaderboard.parquet) at its head commit, as a
+    DataFrame. The head is asked first: a Hub that does not answer is an error, never a stale
+    copy from the local cache."""
+    from huggingface_hub import HfApi, hf_hub_download
 
-    path = hf_hub_download(dataset_id, LEADERBOARD_FILE, repo_type="dataset", endpoint=endpoint, token=token)
+    head = HfApi(endpoint=endpoint, token=token).dataset_info(dataset_id).sha
+    path = hf_hub_download(dataset_id, LEADERBOARD_FILE, repo_type="dataset", revision=head, endpoint=endpoint,
+                           token=token)
     return pq.read_table(path).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
 
 

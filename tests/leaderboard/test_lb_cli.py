@@ -88,6 +88,8 @@ def test_submit_worker_show_requests_remove(hub, tmp_path, capsys):
 
     worker = run_cli("worker", "--once", "--store", store, hub_url=hub.url)
     assert worker.returncode == 0 and "2 finished, 1 failed" in worker.stderr, worker.stderr
+    assert f"#{first['id']} ann/ppo-CartPole-v1 on CartPole-v1: finished score " in worker.stderr  # a line each
+    assert "gone/ppo-CartPole-v1 on CartPole-v1: failed repo_not_found (" in worker.stderr
 
     requests = {r["repo_id"]: r for r in json.loads(cli("requests", "--json").stdout)}
     assert {r: q["status"] for r, q in requests.items()} == {

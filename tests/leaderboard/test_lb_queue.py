@@ -273,3 +273,71 @@ def test_the_lease_is_renewed_while_a_slow_recording_runs(tmp_path):
     assert stolen == [None]  # nobody could take the request meanwhile
     assert (stats.finished, stats.lost) == (1, 0)
     assert queue.get(request.id).status is Status.FINISHED
+
+
+def test_recording_a_result_and_ending_its_request_are_one_transaction(tmp_path, monkeypatch):
+    from leaderboard import store as store_module
+    from leaderboard.store import LeaseLostError
+
+    store = Store(tmp_path)
+    queue = store.queue()
+    request, _ = queue.submit("ann/a", SHA, "CartPole-v1")
+    queue.claim("w1", lease_seconds=60)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("crash between the row and the end of the request")
+
+    monkeypatch.setattr(store_module, "finish_in", crash)
+    with pytest.raises(RuntimeError, match="crash between"):
+        store.record_request(make_result("ann/a", SHA), request_id=request.id, owner="w1")
+    monkeypatch.undo()
+    assert store.history().empty and queue.get(request.id).status is Status.RUNNING  # neither happened
+
+    with pytest.raises(LeaseLostError):  # a worker that no longer holds the request records nothing
+        store.record_request(make_result("ann/a", SHA), request_id=request.id, owner="w2")
+    assert store.history().empty
+
+    recorded = store.record_request(make_result("ann/a", SHA), request_id=request.id, owner="w1")
+    done = queue.get(request.id)
+    assert done.status is Status.FINISHED and done.result_id == recorded.row_id and recorded.hidden is None
+    assert list(store.history()["row_id"]) == [recorded.row_id]
+
+
+def test_a_protocol_or_seed_set_change_queues_the_request_again(queue):
+    first, _ = queue.submit("ann/a", SHA, "CartPole-v1", protocol_version=1, seed_set="public", submitter="cli:ann")
+    again, created = queue.submit("ann/a", SHA, "CartPole-v1", protocol_version=1, seed_set="public")
+    assert not created and again.id == first.id and again.submitter == "cli:ann"
+    private, created = queue.submit("ann/a", SHA, "CartPole-v1", protocol_version=1, seed_set="private")
+    assert created and private.id != first.id
+    newer, created = queue.submit("ann/a", SHA, "CartPole-v1", protocol_version=2, seed_set="public")
+    assert created and newer.id not in (first.id, private.id)
+    assert queue.submitted_since("cli:ann", 0) == 1
+
+
+def test_the_worker_reports_one_line_per_request_and_quiet_silences_it(tmp_path):
+    import io
+
+    from leaderboard.progress import Progress
+
+    store = Store(tmp_path)
+    queue = store.queue()
+    outcomes = {"ann/good": make_result("ann/good", SHA, score=12.5), "ann/bad": make_result("ann/bad", SHA,
+                                                                                               status="failed")}
+    for repo in outcomes:
+        queue.submit(repo, SHA, "CartPole-v1")
+    stream = io.StringIO()
+    progress = Progress(total=2, stream=stream)
+    Worker(store, config=WorkerConfig(video=False), evaluate_fn=_fake_evaluator(outcomes), report=progress).run(
+        once=True)
+    progress.close()
+    lines = [line for line in stream.getvalue().splitlines() if line.startswith("#")]
+    assert len(lines) == 2
+    assert lines[0].startswith("#1 ann/good on CartPole-v1: finished score 12.50 (") and lines[0].endswith(" s)")
+    assert lines[1].startswith("#2 ann/bad on CartPole-v1: failed no_agent (")
+    quiet = io.StringIO()
+    silent = Progress(quiet=True, stream=quiet)
+    queue.submit("ann/later", SHA, "CartPole-v1")
+    Worker(store, config=WorkerConfig(video=False), report=silent,
+           evaluate_fn=_fake_evaluator({"ann/later": make_result("ann/later", SHA)})).run(once=True)
+    silent.close()
+    assert quiet.getvalue() == ""
