@@ -180,6 +180,8 @@ class ReplayRecorder:
                              length + 1 > self._frames, self._rate, width, height)
 
     def _fail(self, err: BaseException) -> None:
+        if isinstance(err, OSError):
+            err = VideoError(f"encoding the replay failed: {err}")
         self.error = f"{type(err).__name__}: {err}"[:2000]
         self.abort()
 
@@ -220,7 +222,7 @@ def record_replay(
     finally:
         recorder.abort()
     if recorder.replay is None:
-        raise VideoError(recorder.error or "the replay was not recorded")
+        raise VideoError((recorder.error or "the replay was not recorded").removeprefix("VideoError: "))
     return replace(recorder.replay, seed=int(seed))
 
 

@@ -43,6 +43,7 @@ from evaluator.agents.sb3_zip import read_sb3_zip
 from evaluator.errors import (
     CorruptFileError,
     EvaluationError,
+    InvalidActionError,
     InvalidWeightsError,
     SpaceMismatchError,
     TooLargeError,
@@ -341,7 +342,12 @@ class SB3Policy:
         if self.obs_stats is not None:
             obs = self.obs_stats.normalize(obs)
         with torch.no_grad():
-            actions, _ = self.policy.predict(obs, deterministic=deterministic)
+            try:
+                actions, _ = self.policy.predict(obs, deterministic=deterministic)
+            except ValueError as err:  # torch.distributions refuses NaN parameters
+                raise InvalidActionError(
+                    "the policy's network produced NaN or infinite values instead of an action distribution "
+                    f"(its weights overflow on this env's observations): {str(err).splitlines()[0][:300]}") from None
         return actions
 
 

@@ -52,7 +52,7 @@ def check_confined() -> None:
     """Raise UnsafeContentError unless this process is a sandbox process without network."""
     if not _allowed or os.environ.get("EVALUATOR_SANDBOX") != "1":
         raise UnsafeContentError(
-            "agent.pt is a TorchScript module, i.e. code: it is only ever loaded inside a sandbox process "
+            "agent.pt is a TorchScript module, i.e. code: it is only ever loaded inside a player process "
             "(evaluator.sandbox.player), and this process is not one. Evaluate through `evaluate()` / the CLI.")
     outside = [name for name in _network_interfaces() if name != "lo"]
     if outside:

@@ -157,9 +157,14 @@ def main() -> None:
         import traceback
 
         traceback.print_exc()
-        code = "memory_limit" if _allocation_failure(err) else "internal_error"
+        if _allocation_failure(err):
+            code, message = "memory_limit", ("the agent ran out of memory while loading or acting (over the "
+                                             f"sandbox's limit): {type(err).__name__}: {str(err)[:300]}")
+        else:
+            code = "internal_error"
+            message = f"internal error ({type(err).__name__}: {str(err)[:2000]}); please report it"
         try:
-            _write_all(wfd, wire.encode_error(code, f"{type(err).__name__}: {str(err)[:2000]}"))
+            _write_all(wfd, wire.encode_error(code, message))
         except OSError:
             pass
     sys.stderr.flush()

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 import localhub
-from evaluator import sandbox
 from evaluator.evaluate import evaluate
 from evaluator.job import Job, execute
+from evaluator.sandbox import referee
 from tests.evaluator.payloads import SystemPayload
 from tests.evaluator.sb3_zip_edit import rewrite_zip
 from tests.evaluator.ts_agents import CartPoleLinear
@@ -288,10 +288,16 @@ def test_corpus_case_fails_cleanly(world, corpus_results, name):
 
 
 def test_infinite_loop_is_a_timeout(world, monkeypatch):
-    monkeypatch.setattr(sandbox, "STARTUP_SECONDS", 10.0)
+    """A policy call that never returns is stopped at the per-call deadline; an evaluation
+    that outlives its whole budget is stopped too."""
+    monkeypatch.setattr(referee, "ACT_SECONDS", 5.0)
     result = _evaluate(world, "ts-loops-forever", episodes=1)
     assert result.status == "failed" and result.error_code == "timeout", result.error
-    assert "did not finish within" in result.error
+    assert "took too long to choose its actions" in result.error
+    monkeypatch.setattr(referee, "ACT_SECONDS", 600.0)
+    monkeypatch.setattr(referee, "job_timeout", lambda job: 12.0)
+    result = _evaluate(world, "ts-loops-forever", episodes=1)
+    assert result.error_code == "timeout" and "did not finish within 12 s" in result.error, result.error
 
 
 def _sandbox_children() -> list[int]:
@@ -304,7 +310,7 @@ def _sandbox_children() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"evaluator.sandbox_child" not in cmdline or b"bwrap" in cmdline.split(b"\0")[0]:
+        if b"evaluator.sandbox.player" not in cmdline or b"bwrap" in cmdline.split(b"\0")[0]:
             continue
         pid = int(entry.name)
         while pid > 1:

@@ -4,6 +4,9 @@ exception, ppo-BipedalWalker-v3, is env drift (see ../shared/agents/README.md) a
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 import localhub
@@ -40,3 +43,14 @@ def test_at_least_12_of_13_consistent_and_drift_is_explained(zoo_results):
         assert any("drift" in note for note in zoo_results[repo].notes)
     assert zoo_results["sb3/ppo-CartPole-v1"].mean_reward == 500.0
     assert zoo_results["sb3/ppo-LunarLander-v2"].score > 200
+
+
+def test_per_episode_returns_are_bit_identical_to_before_the_referee_player_split(zoo_results):
+    """`data/zoo_returns.json` was recorded on main before the split (the agent summed its own
+    rewards in the sandbox child); the referee must reproduce every return and length exactly."""
+    pinned = json.loads((Path(__file__).parent / "data" / "zoo_returns.json").read_text())
+    assert sorted(pinned) == sorted(zoo_results)
+    for repo, result in zoo_results.items():
+        assert result.revision == pinned[repo]["revision"] and result.seeds == pinned[repo]["seeds"], repo
+        assert [float(r).hex() for r in result.episode_returns] == pinned[repo]["returns"], repo
+        assert result.episode_lengths == pinned[repo]["lengths"], repo
