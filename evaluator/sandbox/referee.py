@@ -111,13 +111,16 @@ class RemotePlayer:
         self.calls = 0
         self.wfd = proc.proc.stdin.fileno()
         self.rfd = proc.proc.stdout.fileno()
-        for fd in (self.wfd, self.rfd):
+        self._pollers = {}
+        for fd, event in ((self.wfd, select.POLLOUT), (self.rfd, select.POLLIN)):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+            poller = select.poll()
+            poller.register(fd, event | select.POLLHUP | select.POLLERR)
+            self._pollers[(fd, event)] = poller
 
     # ------------------------------------------------------------------ the channel, with deadlines
     def _wait(self, fd: int, event: int, until: float, what: str) -> None:
-        poller = select.poll()
-        poller.register(fd, event | select.POLLHUP | select.POLLERR)
+        poller = self._pollers[(fd, event)]
         left = until - time.monotonic()
         if left <= 0 or not poller.poll(left * 1000):
             self._timeout(what)
@@ -132,27 +135,30 @@ class RemotePlayer:
 
     def _send(self, data: bytes, until: float) -> None:
         view = memoryview(data)
-        while view:
-            self._wait(self.wfd, select.POLLOUT, until, "read its observations")
+        while view:  # write first, wait only when the pipe is full (non-blocking fds)
             try:
                 view = view[os.write(self.wfd, view):]
-            except BlockingIOError:
                 continue
+            except BlockingIOError:
+                pass
             except (BrokenPipeError, ConnectionResetError):
                 self._died()
+            self._wait(self.wfd, select.POLLOUT, until, "read its observations")
 
     def _recv(self, n: int, until: float, what: str) -> bytes:
         chunks, got = [], 0
-        while got < n:
-            self._wait(self.rfd, select.POLLIN, until, what)
+        while got < n:  # read first, wait only when nothing is there yet
             try:
                 chunk = os.read(self.rfd, n - got)
             except BlockingIOError:
+                self._wait(self.rfd, select.POLLIN, until, what)
                 continue
             if not chunk:
                 self._died()
             chunks.append(chunk)
             got += len(chunk)
+        if time.monotonic() > until:  # an answer that arrived late is late, even if it was ready
+            self._timeout(what)
         return b"".join(chunks)
 
     def _died(self) -> None:
