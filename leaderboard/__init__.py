@@ -1,8 +1,12 @@
-"""The leaderboard: results store (pandas, persisted as parquet), ranking, request queue,
-queue workers and the Hub dataset mirror. It calls the evaluator; the evaluator never calls it
-(except `python -m evaluator evaluate --store`, lazily).
+"""The leaderboard: the results store (SQLite as the system of record, a pandas API), the
+ranking, the request queue, the queue workers and the Hub dataset publication. It calls the
+evaluator; the evaluator never calls it (except `python -m evaluator evaluate --store`, lazily).
 
-Modules: `store` (the results table and the store folder), `ranking` (the ranking rule),
-`queue` (requests, SQLite), `submit` (validate a repo id before queueing), `worker` (the queue
-worker), `hubsync` (mirror to a Hub dataset repo), `__main__` (the CLI).
+Modules: `store` (the Store facade and the store folder), `db` (the database: schema,
+connections, errors, backups), `rows` (the row schema, EvalResult <-> row <-> DataFrame),
+`codec` (compact per-episode lists), `history` (append-only rows and their events), `ranking`
+(the rule and its maintained table), `replays` (replay files and their disk cap), `migrate`
+(from the parquet store of the previous version), `queue` (requests), `submit` (validate a repo
+id before queueing), `worker` (queue workers), `progress` (their report), `publish` (the Hub
+dataset), `export` (files for analysis), `__main__` (the CLI).
 """

@@ -12,25 +12,30 @@ import json
 import struct
 from typing import Any
 
-_I32 = (-(2**31), 2**31 - 1)
-
 
 def encode(values: list | tuple | None, kind: str) -> bytes | None:
     """`kind` is "int" or "float" (the column's element type)."""
     if values is None:
         return None
     values = list(values)
-    if any(v is None for v in values):
+    n = len(values)
+    try:
+        if kind == "float":
+            if any(type(v) is not float for v in values):
+                raise TypeError("not all floats")
+            return b"d" + struct.pack(f"<{n}d", *values)
+        if any(type(v) is not int for v in values):
+            raise TypeError("not all ints")
+        if n >= 3:
+            start, step = values[0], values[1] - values[0]
+            if step and values == list(range(start, start + step * n, step)):
+                return b"r" + struct.pack("<qqq", start, step, n)
+        try:
+            return b"i" + struct.pack(f"<{n}i", *values)
+        except struct.error:
+            return b"l" + struct.pack(f"<{n}q", *values)
+    except (struct.error, TypeError, OverflowError):
         return b"j" + json.dumps(values).encode()
-    if kind == "float":
-        return b"d" + struct.pack(f"<{len(values)}d", *values)
-    if len(values) >= 3:
-        step = values[1] - values[0]
-        if -(2**63) <= step < 2**63 and all(values[i + 1] - values[i] == step for i in range(len(values) - 1)):
-            return b"r" + struct.pack("<qqq", values[0], step, len(values))
-    if all(_I32[0] <= v <= _I32[1] for v in values):
-        return b"i" + struct.pack(f"<{len(values)}i", *values)
-    return b"l" + struct.pack(f"<{len(values)}q", *values)
 
 
 def decode(blob: bytes | None) -> list[Any] | None:

@@ -170,6 +170,7 @@ class Database:
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA journal_size_limit=67108864")
+            db.execute("PRAGMA cache_size=-65536")  # 64 MB: the random-key indexes of a big history stay cached
             db.execute("PRAGMA foreign_keys=OFF")
             self._local.db, self._local.pid = db, os.getpid()
             if not self._ready:

@@ -8,6 +8,8 @@ per-episode lists kept as lists) plus `row_id`, `commit_date`, `recorded_at`, `r
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -85,6 +87,16 @@ def utc(value: Any) -> pd.Timestamp | None:
     """A UTC timestamp from an ISO string, datetime or Timestamp; None for null/unparseable."""
     if value is None or value is pd.NaT:
         return None
+    if type(value) is pd.Timestamp and value.tzinfo is not None and value.utcoffset() == _ZERO:
+        return value  # already UTC (the common case when rows are written)
+    if type(value) is str:  # ISO 8601, the fast way (pd.Timestamp parsing costs 10x more)
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            parsed = parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+            return pd.Timestamp(parsed)
     if isinstance(value, float) and value != value:
         return None
     try:
@@ -105,6 +117,8 @@ def iso(value: Any) -> str | None:
 
 def to_micros(value: Any) -> int | None:
     """Microseconds since the epoch (how the database stores times), None for null."""
+    if type(value) is pd.Timestamp and value.tzinfo is not None:
+        return value.value // 1000
     ts = utc(value)
     return None if ts is None else ts.value // 1000  # Timestamp.value is in nanoseconds
 
@@ -124,6 +138,7 @@ def plain(value: Any) -> Any:
     return value
 
 
+_ZERO = dt.timedelta(0)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
@@ -152,20 +167,36 @@ def key_id(row: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------- EvalResult <-> row
 
 
+_SCHEMA_NAMES = frozenset(COLUMNS)
+_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(EvalResult) if f.name not in ("claim", "extra"))
+_ROW_FIELDS = tuple(n for n in _RESULT_FIELDS if n in _SCHEMA_NAMES)
+_OTHER_FIELDS = tuple(n for n in _RESULT_FIELDS if n not in _SCHEMA_NAMES)
+_CLAIM_FIELDS = ("mean_reward", "std_reward", "n_episodes", "verdict", "env_id")
+
+
+def _copy(value: Any) -> Any:
+    """A plain copy of a result's value (lists and dicts copied, no deep dataclass walk: this
+    runs a million times when a store is rebuilt)."""
+    if isinstance(value, list):
+        return [_copy(v) for v in value] if value and isinstance(value[0], (list, dict)) else list(value)
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
+
+
 def result_to_row(result: EvalResult, *, commit_date: Any = None, recorded_at: Any = None) -> dict[str, Any]:
-    data = result.to_dict()
-    claim = data.pop("claim") or {}
-    known = set(COLUMNS) | {"claim", "extra"}
-    extra = {k: v for k, v in data.items() if k not in known}
-    row: dict[str, Any] = {name: data.get(name) for name in COLUMNS if name in data}
-    for name in ("mean_reward", "std_reward", "n_episodes", "verdict", "env_id"):
-        row[f"claim_{name}"] = claim.get(name)
+    row: dict[str, Any] = {name: _copy(getattr(result, name)) for name in _ROW_FIELDS}
+    claim = result.claim if isinstance(result.claim, ClaimResult) else ClaimResult()
+    for name in _CLAIM_FIELDS:
+        row[f"claim_{name}"] = getattr(claim, name, None)
+    extra = {k: v for k, v in (result.extra or {}).items() if k not in _RESULT_FIELDS}
+    extra.update({name: _copy(getattr(result, name)) for name in _OTHER_FIELDS})
     for name in JSON_COLUMNS:
-        value = extra if name == "extra" else data.get(name)
+        value = extra if name == "extra" else row.get(name)
         row[name] = None if value is None or value == {} and name == "extra" else json.dumps(value, sort_keys=True)
     row["commit_date"] = utc(commit_date)
     row["evaluated_at"] = utc(result.evaluated_at)
-    row["recorded_at"] = utc(recorded_at) or pd.Timestamp.now(tz="UTC")
+    row["recorded_at"] = utc(recorded_at) or pd.Timestamp(dt.datetime.now(dt.UTC))
     row["removed_at"], row["removed_reason"] = None, None
     fit_to_schema(row)
     row["row_id"] = row_id((row.get(k) for k in KEY), row["evaluated_at"], row.get("status"))
@@ -228,6 +259,12 @@ def _fit_bool(value: Any) -> tuple[Any, bool]:
 
 
 _FITTERS = {pa.int64(): _fit_int, pa.float64(): _fit_float, pa.string(): _fit_str, pa.bool_(): _fit_bool}
+# (column, element fitter, is a list, the element's fast type) for every column a fitter applies to
+_FIT_PLAN = tuple(
+    (f.name, _FITTERS[f.type.value_type if pa.types.is_list(f.type) else f.type], pa.types.is_list(f.type),
+     {pa.float64(): float, pa.int64(): int, pa.string(): str}.get(f.type.value_type) if pa.types.is_list(f.type)
+     else {pa.float64(): float, pa.int64(): int, pa.string(): str, pa.bool_(): bool}.get(f.type))
+    for f in SCHEMA if (f.type.value_type if pa.types.is_list(f.type) else f.type) in _FITTERS)
 
 
 def fit_to_schema(row: dict[str, Any]) -> None:
@@ -235,29 +272,30 @@ def fit_to_schema(row: dict[str, Any]) -> None:
     int64, such as a claimed `n_eval_episodes` of 10**20) is stored as null and said in `notes`,
     so that recording never fails on what an agent's files claim (never a lost row)."""
     notes = []
-    for field in SCHEMA:
-        value = row.get(field.name)
+    for name, fit, is_list, fast in _FIT_PLAN:
+        value = row.get(name)
         if value is None:
             continue
-        list_type = field.type.value_type if pa.types.is_list(field.type) else None
-        fit = _FITTERS.get(list_type or field.type)
-        if fit is None:
-            continue
-        if list_type is None:
-            row[field.name], ok = fit(value)
+        if not is_list:
+            if type(value) is fast and (fast is not int or _INT64_MIN <= value <= _INT64_MAX):
+                continue
+            row[name], ok = fit(value)
             if not ok:
-                notes.append(f"{field.name} {_short_repr(value)} does not fit the store's column: stored as null")
+                notes.append(f"{name} {_short_repr(value)} does not fit the store's column: stored as null")
             continue
         if not isinstance(value, (list, tuple)):
-            row[field.name] = None
-            notes.append(f"{field.name} is not a list: stored as null")
+            row[name] = None
+            notes.append(f"{name} is not a list: stored as null")
+            continue
+        types = set(map(type, value))  # the common cases, checked at C speed
+        if types <= {fast} and (fast is not int or not value or _INT64_MIN <= min(value) and max(value) <= _INT64_MAX):
             continue
         fitted = [fit(v) if v is not None else (None, True) for v in value]
         if all(ok for _, ok in fitted):
-            row[field.name] = [v for v, _ in fitted]
+            row[name] = [v for v, _ in fitted]
         else:
-            row[field.name] = None
-            notes.append(f"{field.name} holds values that do not fit the store's column: stored as null")
+            row[name] = None
+            notes.append(f"{name} holds values that do not fit the store's column: stored as null")
     if notes:
         row["notes"] = [*(row.get("notes") or []), *notes]
         log.warning("%s: %s", row.get("repo_id"), "; ".join(notes))

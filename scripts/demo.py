@@ -56,7 +56,7 @@ def main() -> int:
             sys.stderr.write(worker.stderr)
         print(leaderboard("requests", *common, env=env).stdout)
         print(leaderboard("show", *common, env=env).stdout)
-    print(f"store: {store} (results.parquet, replays/); "
+    print(f"store: {store} (leaderboard.sqlite3, replays/); "
           f"`python -m leaderboard show --store {store} --json` for every field")
     return worker.returncode
 

@@ -1,5 +1,5 @@
 """Helpers of the leaderboard tests: course-format Hub repos, the CLI in a subprocess, and
-synthetic EvalResults for store, ranking and mirror tests (no evaluation needed)."""
+synthetic EvalResults for store, ranking and publication tests (no evaluation needed)."""
 
 from __future__ import annotations
 
