@@ -34,25 +34,38 @@ def _json_default(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, list, dict)) or value is None else str(value)
 
 
+def _int_list(value: Any) -> bytes | None:
+    return codec.encode(value, "int")
+
+
+def _float_list(value: Any) -> bytes | None:
+    return codec.encode(value, "float")
+
+
+def _notes(value: Any) -> str | None:
+    return None if value is None else json.dumps(list(value))
+
+
+def _flag(value: Any) -> int | None:
+    return None if value is None else int(bool(value))
+
+
+def _unknown(value: Any) -> str | None:
+    return json.dumps(value, sort_keys=True, default=_json_default) if value else None
+
+
+# (column, how its value is stored), in DB_COLUMNS order; None: as it is
+_ENCODERS = tuple(
+    (name, to_micros if name in TS_COLUMNS else _int_list if name in _INT_LISTS else _float_list
+     if name in _FLOAT_LISTS else _notes if name == "notes" else _flag if name == "ranked" else _unknown
+     if name == "unknown" else None)
+    for name in DB_COLUMNS)
+
+
 def encode(row: dict[str, Any]) -> tuple:
     """A row (as `rows.result_to_row` makes it) as the INSERT's parameters."""
-    values = []
-    for name in DB_COLUMNS:
-        value = row.get(name)
-        if name in TS_COLUMNS:
-            value = to_micros(value)
-        elif name in _INT_LISTS:
-            value = codec.encode(value, "int")
-        elif name in _FLOAT_LISTS:
-            value = codec.encode(value, "float")
-        elif name == "notes":
-            value = None if value is None else json.dumps(list(value))
-        elif name == "ranked":
-            value = None if value is None else int(bool(value))
-        elif name == "unknown":
-            value = json.dumps(value, sort_keys=True, default=_json_default) if value else None
-        values.append(value)
-    return tuple(values)
+    get = row.get
+    return tuple(get(name) if fn is None else fn(get(name)) for name, fn in _ENCODERS)
 
 
 def insert(db: sqlite3.Connection, row: dict[str, Any]) -> int | None:
