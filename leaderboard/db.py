@@ -55,9 +55,12 @@ CREATE TABLE IF NOT EXISTS evaluations (
     evaluator_version TEXT, versions TEXT, platform TEXT, extra TEXT,
     unknown TEXT
 );
-CREATE INDEX IF NOT EXISTS evaluations_repo ON evaluations (repo_id, revision);
--- the current row of each key (its newest evaluated_at)
-CREATE TABLE IF NOT EXISTS latest (key_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+-- covering what a ranking refresh reads, so the rows of one repo are one contiguous index range
+CREATE INDEX IF NOT EXISTS evaluations_repo ON evaluations (repo_id, revision, env_key, status, ranked, score,
+    mean_reward, iqm, algo, claim_verdict, commit_date, evaluated_at, recorded_at);
+-- the current row of each key (its newest evaluated_at, then the latest recorded)
+CREATE TABLE IF NOT EXISTS latest (key_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, evaluated_at INTEGER,
+    recorded_at INTEGER, row_id TEXT NOT NULL) WITHOUT ROWID;
 -- takedowns: hide the rows of repo_id with seq <= upto_seq (or only row_seq when set)
 CREATE TABLE IF NOT EXISTS takedowns (
     id INTEGER PRIMARY KEY, repo_id TEXT NOT NULL, upto_seq INTEGER NOT NULL, row_seq INTEGER,

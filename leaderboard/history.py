@@ -86,11 +86,11 @@ def _order(evaluated_at: int | None, recorded_at: int | None, rid: str) -> tuple
 def _update_latest(db: sqlite3.Connection, row: dict[str, Any], seq: int) -> None:
     """The current row of a key is its newest `evaluated_at` (then the latest recorded)."""
     kid = key_id(row)
-    found = db.execute("SELECT e.evaluated_at, e.recorded_at, e.row_id FROM latest l JOIN evaluations e "
-                       "ON e.seq = l.seq WHERE l.key_id = ?", (kid,)).fetchone()
-    mine = _order(to_micros(row.get("evaluated_at")), to_micros(row.get("recorded_at")), row["row_id"])
-    if found is None or mine >= _order(*found):
-        db.execute("INSERT OR REPLACE INTO latest (key_id, seq) VALUES (?, ?)", (kid, seq))
+    found = db.execute("SELECT evaluated_at, recorded_at, row_id FROM latest WHERE key_id = ?", (kid,)).fetchone()
+    evaluated_at, recorded_at = to_micros(row.get("evaluated_at")), to_micros(row.get("recorded_at"))
+    if found is None or _order(evaluated_at, recorded_at, row["row_id"]) >= _order(*found):
+        db.execute("INSERT OR REPLACE INTO latest (key_id, seq, evaluated_at, recorded_at, row_id) "
+                   "VALUES (?, ?, ?, ?, ?)", (kid, seq, evaluated_at, recorded_at, row["row_id"]))
 
 
 def add_takedown(db: sqlite3.Connection, repo_id: str, *, upto_seq: int, removed_at: Any, reason: str | None,

@@ -108,6 +108,7 @@ class Store:
             max_replay_bytes = int(os.environ.get(MAX_REPLAY_BYTES_ENV) or DEFAULT_MAX_REPLAY_BYTES)
         self.max_replay_bytes = max_replay_bytes
         self._database: Database | None = None
+        self._queue: Queue | None = None
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -145,12 +146,18 @@ class Store:
         return self._database
 
     def queue(self, **options: Any) -> Queue:
+        """The request queue (a table of the same database); `options` are Queue's."""
         self.database  # noqa: B018 (open, and migrate, first)
-        return Queue(self.db_path, **options)
+        if options:
+            return Queue(self.db_path, **options)
+        if self._queue is None:
+            self._queue = Queue(self.db_path)
+        return self._queue
 
     def close(self) -> None:
-        if self._database is not None:
-            self._database.close()
+        for database in (self._database, self._queue.database if self._queue else None):
+            if database is not None:
+                database.close()
 
     # ------------------------------------------------------------ reads
 
@@ -332,7 +339,7 @@ class Store:
     def restore(self) -> Path:
         """Replace a damaged database with the last backup; returns where the damaged file went."""
         self.close()
-        self._database = None
+        self._database = self._queue = None
         return Database(self.db_path).restore()
 
 
