@@ -121,7 +121,18 @@ def evaluate(repo_id: str, *, revision: str | None = None, env_id: str | None = 
         seeds = _choose_seeds(n)
         job = Job(str(snapshot.root), snapshot.agent_format, snapshot.agent_file, snapshot.files,
                   requested, n, tuple(seeds), video_path=str(video_path) if video_path else None)
-        outcome = run_job(job, processes=processes, progress=progress)
+        result.seed_set = seeds.name  # failed rows too: a private row's seeds are never published
+        try:
+            outcome = run_job(job, processes=processes, progress=progress)
+        except errors.EvaluationError as err:
+            if seeds.name != PRIVATE:
+                raise
+            # What a player says, or how its episodes went wrong, can carry what it saw (its
+            # observations, hence the seeds): on the private set only the code is kept.
+            raise errors.EvaluationError(
+                f"the agent failed ({err.code.value}) on the private seed set; the details are withheld because "
+                "they could reveal the private seeds. Reproduce the failure on the public seeds: python -m "
+                f"evaluator evaluate {repo_id} --revision {snapshot.sha}", code=err.code) from None
         measured = outcome.episodes
         result.algo = outcome.algo
         result.video, result.video_error = outcome.video, outcome.video_error

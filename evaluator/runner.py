@@ -184,11 +184,20 @@ def check_action(space: gym.Space, action: Any) -> Any:
     return action
 
 
-def action_seed(env_seed: int) -> int:
-    """The per-episode seed of a stochastic policy's draws, derived one way from the episode's
-    env seed: a player never learns the (possibly private) env seeds from it."""
-    digest = hashlib.sha256(f"evaluator/protocol-v{PROTOCOL_VERSION}/action-seed/{int(env_seed)}".encode()).digest()
+def action_seed(env_seed: int, secret: bytes | None = None) -> int:
+    """The per-episode seed of a stochastic policy's draws: HMAC-SHA256 of the episode's env seed,
+    keyed with the private salt on the private seed set. A player cannot invert it: a plain hash
+    of a 31-bit seed could be searched exhaustively within one evaluation's budget."""
+    key = secret or f"evaluator/protocol-v{PROTOCOL_VERSION}/public-action-seeds".encode()
+    digest = hmac.new(key, f"action-seed/{int(env_seed)}".encode(), hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big")
+
+
+def _action_secret(seeds: Sequence[int]) -> bytes | None:
+    if isinstance(seeds, SeedSet) and seeds.name == PRIVATE:
+        salt = os.environ.get(PRIVATE_SALT_ENV, "")
+        return hmac.new(salt.encode(), b"action-seeds", hashlib.sha256).digest()
+    return None
 
 
 @dataclass
@@ -276,6 +285,7 @@ def run_episodes(
         raise ValueError(f"episode_indices must be distinct and in [0, {n_episodes})")
 
     actor = as_actor(policy)
+    secret = None if spec.deterministic else _action_secret(seeds)
     ep_seeds = {i: int(seeds[i]) for i in indices}
     returns: dict[int, float] = {}
     lengths: dict[int, int] = {}
@@ -304,7 +314,10 @@ def run_episodes(
             i = pending.popleft()
             obs[slot], _ = envs[slot].reset(seed=ep_seeds[i])
             running[slot], ret[slot], steps[slot] = i, 0.0, 0
-            live[slot], started[slot], action_seeds[slot] = True, True, action_seed(ep_seeds[i])
+            live[slot], started[slot] = True, True
+            # Deterministic protocols send no action seed at all: nothing derived from a seed
+            # reaches the policy that does not need it.
+            action_seeds[slot] = 0 if spec.deterministic else action_seed(ep_seeds[i], secret)
             if i == watched:
                 recorder.frame(envs[slot])
 
@@ -332,7 +345,7 @@ def run_episodes(
                     action = check_action(space, actions[slot])
                 except ValueError as exc:
                     raise InvalidActionError(
-                        f"Episode {i} (seed {ep_seeds[i]}), step {steps[slot]}: the policy's "
+                        f"Episode {i}, step {steps[slot]}: the policy's "
                         f"action {_show(actions[slot])} {exc}. The agent does not fit the "
                         f"action space {space} of {spec.env_key}."
                     ) from None

@@ -96,6 +96,11 @@ def confinement() -> Confinement:
             why_not = f"bwrap does not work here ({why_not})"
         if mode == BWRAP:
             raise RuntimeError(f"{MODE_ENV}=bwrap but {why_not}")
+        if root:  # fail closed: a weak sandbox as root exposes the host (README, Confinement)
+            raise RuntimeError(
+                f"the sandbox is unusable ({why_not}) and this process runs as root, where the weak fallbacks would "
+                f"let an agent read and write the host as root: refused. Fix bubblewrap, or set {MODE_ENV}=unshare "
+                "to accept the weak sandbox knowingly.")
     if mode in ("auto", UNSHARE):
         # --pid --fork --kill-child: a grandchild that calls setsid() still dies with the sandbox
         argv = ("unshare", "--net", "--ipc", "--pid", "--fork", "--kill-child")
@@ -153,17 +158,22 @@ def _parents(path: str) -> list[str]:
     return [str(p) for p in reversed(list(parts)) if str(p) != "/"]
 
 
-def bwrap_argv(conf: Confinement, *, uid: int | None, ro: Sequence[str], files: Mapping[str, str]) -> list[str]:
+def bwrap_argv(conf: Confinement, *, uid: int | None, ro: Sequence[str], files: Mapping[str, str],
+               seccomp_fd: int | None = None) -> list[str]:
     """bwrap's command line up to (not including) the program. `ro`: host paths bound read-only
     at the same place; `files`: inside path -> host file (read-only); `uid`: the unprivileged
-    uid to drop to (root only). The working directory is `/`, read-only."""
+    uid to drop to (root only); `seccomp_fd`: an open file holding a BPF filter to load
+    (`evaluator.sandbox.seccomp`). The working directory is `/`, read-only."""
     argv = ["bwrap"]
     if not conf.drops_root:
         argv += ["--unshare-all"]  # includes a user namespace: the caller's own uid inside
     else:  # root: no user namespace, so that setpriv can drop to a real unprivileged uid
         argv += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-    argv += ["--die-with-parent", "--new-session", "--hostname", "sandbox",
-             "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    argv += ["--die-with-parent", "--new-session", "--hostname", "sandbox", "--proc", "/proc",
+             "--perms", "0755", "--tmpfs", "/dev"]  # a few device nodes, no pty multiplexer
+    for node in ("null", "zero", "full", "random", "urandom"):
+        argv += ["--dev-bind", f"/dev/{node}", f"/dev/{node}"]
+    argv += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
     made: set[str] = set()
 
     def dirs_for(path: str) -> None:  # parents world-traversable (bwrap would make them 0700)
@@ -184,7 +194,10 @@ def bwrap_argv(conf: Confinement, *, uid: int | None, ro: Sequence[str], files: 
     for inside, host in sorted(files.items()):
         dirs_for(inside)
         argv += ["--ro-bind", host, inside]
-    argv += ["--remount-ro", "/", "--chdir", "/", "--"]
+    argv += ["--remount-ro", "/", "--chdir", "/"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    argv += ["--"]
     if conf.drops_root:
         if uid is None:
             raise ValueError("a root sandbox needs the uid to drop to")

@@ -93,12 +93,14 @@ class ConfinedProcess:
     """`python [-P] -s -B ARGS` under this machine's confinement; use as a context manager."""
 
     def __init__(self, args: Sequence[str], *, memory_bytes: int, cpu_seconds: float,
-                 files: Mapping[str, str] | None = None, ro_paths: Sequence[str] = (), isolated_path: bool = True):
+                 files: Mapping[str, str] | None = None, ro_paths: Sequence[str] = (), isolated_path: bool = True,
+                 single_process: bool = False):
         self.conf = confinement()
         self.args = list(args)
         self.memory_bytes, self.cpu_seconds = memory_bytes, cpu_seconds
         self.files, self.ro_paths = dict(files or {}), list(ro_paths)
         self.isolated_path = isolated_path
+        self.single_process = single_process  # the player's seccomp filter: threads, no processes
         self.tail: collections.deque[str] = collections.deque(maxlen=60)
         self.proc: subprocess.Popen | None = None
         self.uid: int | None = None
@@ -126,8 +128,11 @@ class ConfinedProcess:
         # -P: no script/working directory on sys.path; -s: no user site; -B: no .pyc writes
         python = [sys.executable, *(["-P"] if self.isolated_path else []), "-s", "-B", *self.args]
         cwd = None
+        pass_fds: tuple[int, ...] = ()
         if conf.kind == BWRAP:
-            argv = bwrap_argv(conf, uid=self.uid, ro=self.ro_paths, files=self.files) + python
+            seccomp_fd = self._seccomp_fd() if self.single_process else None
+            pass_fds = (seccomp_fd,) if seccomp_fd is not None else ()
+            argv = bwrap_argv(conf, uid=self.uid, ro=self.ro_paths, files=self.files, seccomp_fd=seccomp_fd) + python
         else:
             self._scratch = tempfile.mkdtemp(prefix="evaluator-sandbox-")
             argv = [*conf.unshare_argv, *python]
@@ -136,11 +141,24 @@ class ConfinedProcess:
         self.started = time.monotonic()
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         env=env, cwd=cwd, start_new_session=True, close_fds=True)
+                                         env=env, cwd=cwd, start_new_session=True, close_fds=True, pass_fds=pass_fds)
         except OSError as err:
             raise errors.SandboxCrashError(f"the sandbox process could not start: {err}") from err
         self._reader = threading.Thread(target=_pump_stderr, args=(self.proc.stderr, self.tail), daemon=True)
         self._reader.start()
+
+    def _seccomp_fd(self) -> int | None:
+        """An open file holding the player's BPF filter, for bwrap's `--seccomp` (closed on exit)."""
+        from .seccomp import program
+
+        code = program()
+        if code is None:
+            return None
+        fd = os.memfd_create("evaluator-seccomp", 0)
+        self._stack.callback(os.close, fd)
+        os.write(fd, code)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -153,6 +171,11 @@ class ConfinedProcess:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
+
+    def drain_stderr(self, timeout: float = 5.0) -> None:
+        """Wait until everything the process wrote on stderr is in `tail` (after it exited)."""
+        if self._reader is not None:
+            self._reader.join(timeout=timeout)
 
     @property
     def stderr_tail(self) -> str:

@@ -26,6 +26,7 @@ import signal
 import stat
 import tempfile
 import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -80,11 +81,12 @@ def job_timeout(job: Job) -> float:
 
 
 def clean_text(text: str, limit: int = 2000) -> str:
-    """A player's message as data: no control characters or surrogates, bounded."""
+    """A player's message as data: no control characters, surrogates or invisible formatting
+    (bidirectional overrides, zero-width characters), bounded."""
     out = []
     for ch in text[:limit]:
         code = ord(ch)
-        if ch in "\n\t" or (code >= 0x20 and code != 0x7F and not 0xD800 <= code <= 0xDFFF and not 0x80 <= code < 0xA0):
+        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn"):
             out.append(ch)
         else:
             out.append(f"\\x{code:02x}" if code < 0x100 else "\ufffd")
@@ -167,6 +169,7 @@ class RemotePlayer:
         if code is None:
             self.proc.kill()
             code = self.proc.wait(5.0)
+        self.proc.drain_stderr()
         sig = exit_signal(code, self.proc.conf.kind)
         tail = " | ".join(line for line in self.proc.stderr_tail.splitlines() if line.strip())[-1500:]
         tail = clean_text(tail)
@@ -273,7 +276,10 @@ def play(job: Job, *, timeout: float | None = None, memory_bytes: int = DEFAULT_
     """Referee `job` against a confined player; its outcome, or a typed EvaluationError.
     `player_args` replaces the player program (tests of hostile players only)."""
     spec, algo, details = describe(job)
-    conf = confinement()
+    try:
+        conf = confinement()
+    except RuntimeError as err:  # no acceptable confinement here: every evaluation fails, saying why
+        raise errors.SandboxCrashError(str(err)) from None
     if job.agent_format in CODE_BEARING and not conf.runs_code:
         raise errors.UnsafeContentError(
             f"the agent is {job.agent_format!r}, a code-bearing format, and this machine offers only a weak "
@@ -289,7 +295,8 @@ def play(job: Job, *, timeout: float | None = None, memory_bytes: int = DEFAULT_
         files, root = stage_files(job, staging)
         hello = {"format": job.agent_format, "agent_file": job.agent_file, "files": list(job.files), "root": root,
                  "env_id": job.env_id, "deterministic": spec.deterministic}
-        with ConfinedProcess(player_args, memory_bytes=memory_bytes, cpu_seconds=budget + 10, files=files) as proc:
+        with ConfinedProcess(player_args, memory_bytes=memory_bytes, cpu_seconds=budget + 10, files=files,
+                             single_process=True) as proc:
             remote = RemotePlayer(proc, obs_space, act_space, budget=budget)
             remote.handshake(hello)
             return recorded_outcome(job, spec, algo, details, lambda recorder: run_episodes(

@@ -191,7 +191,17 @@ def test_actions_outside_the_space_fail_the_evaluation(hub, tmp_path, monkeypatc
     monkeypatch.setattr(evaluate_module, "_run_part", lambda job, progress=None: execute(job, progress))
     result = run(hub, "ann/ppo-CartPole-v1", tmp_path, episodes=2)
     assert result.status == "failed" and result.error_code == "invalid_action"
-    assert "7" in result.error
+    assert "7" in result.error and "10000" not in result.error  # never a seed in a message
+
+    # On the private seed set a failure keeps its code but not its details (they could carry what
+    # the agent saw, hence the seeds), and the row says it is private.
+    from evaluator.runner import private_seeds
+
+    monkeypatch.setenv("EVALUATOR_PRIVATE_SALT", "s3cret")
+    result = run(hub, "ann/ppo-CartPole-v1", tmp_path, episodes=2)
+    assert result.status == "failed" and result.error_code == "invalid_action" and result.seed_set == "private"
+    assert "withheld" in result.error and "--revision" in result.error
+    assert not any(str(seed) in result.error for seed in private_seeds(2, "s3cret"))
 
 
 def test_payload_in_serialized_field_or_extra_key_is_never_run(hub, trained, tmp_path, hostile_pickles):

@@ -136,13 +136,15 @@ def test_malformed_answers_end_the_evaluation(agent_dir, name, answer, cls, word
 def test_an_error_frame_is_typed_and_its_text_is_data(agent_dir):
     answer = """
     def answer(seq, body):
-        text = "weights \\x1b[2K\\r\\x1b[1A mean_reward: 500.00 +/- 0.00 \\ud800".encode("utf-8", "surrogatepass")
+        text = "weights \\x1b[2K\\r\\x1b[1A mean_reward: 500.00 \\u202e+/- 0.00 \\u200b\\ud800".encode(
+            "utf-8", "surrogatepass")
         return H.pack(b"ERR1", 2 + len(text)) + struct.pack("<H", 5) + text
     """
     with pytest.raises(errors.InvalidWeightsError) as caught:
         referee.play(job(agent_dir), player_args=player(answer))
     message = str(caught.value)
-    assert "\x1b" not in message and "\r" not in message and "\ud800" not in message
+    assert not any(ch in message for ch in ("\x1b", "\r", "\ud800", "\u202e", "\u200b")), message
+    assert "mean_reward: 500.00" in message  # the text is kept, made inert
     assert wire.PLAYER_ERROR_CODES[5] == "invalid_weights"
 
 

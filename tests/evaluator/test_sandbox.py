@@ -286,3 +286,50 @@ def test_unshare_fallback_kills_a_grandchild_that_left_the_session(tmp_path, mod
     """, timeout=30)
     time.sleep(3.5)
     assert not marker.exists()
+
+
+@needs_bwrap
+def test_a_player_is_one_process_with_threads():
+    """The player's seccomp filter: threads work (torch needs them); fork, setsid, unshare (so
+    no nested user namespace and no private tmpfs of its own) are refused."""
+    from evaluator.sandbox.process import ConfinedProcess
+    from evaluator.sandbox.seccomp import program
+
+    if program() is None:
+        pytest.skip("the filter is defined for x86_64 only")
+    code = textwrap.dedent("""
+        import ctypes, os, threading
+        t = threading.Thread(target=lambda: None); t.start(); t.join(); print("thread=ok")
+        for name, call in (("fork", os.fork), ("setsid", os.setsid)):
+            try:
+                if call() == 0:
+                    os._exit(0)
+                print(name + "=ALLOWED")
+            except OSError as err:
+                print(f"{name}=refused:{err.errno}")
+        libc = ctypes.CDLL(None, use_errno=True)
+        print("unshare_user=" + ("refused" if libc.unshare(0x10000000) != 0 else "ALLOWED"))
+        import torch
+        print("torch=" + str(int(torch.ones(3).sum())))
+    """)
+    with ConfinedProcess(["-c", code], memory_bytes=sandbox.DEFAULT_MEMORY_BYTES, cpu_seconds=60,
+                         single_process=True) as proc:
+        out = proc.proc.stdout.read().decode()
+        proc.wait(30)
+    found = dict(line.split("=", 1) for line in out.splitlines())
+    assert found == {"thread": "ok", "fork": "refused:1", "setsid": "refused:1", "unshare_user": "refused",
+                     "torch": "3"}, out
+
+
+def test_as_root_auto_never_falls_back_to_a_weak_sandbox(monkeypatch, mode):
+    """When bubblewrap is unusable, root gets a clear refusal instead of a sandbox that would let
+    an agent read and write the host as root; non-root callers get the warned fallback."""
+    import evaluator.sandbox.confine as confine
+
+    which = shutil.which
+    monkeypatch.setattr(confine.shutil, "which", lambda name: None if name == "bwrap" else which(name))
+    if os.geteuid() == 0:
+        with pytest.raises(RuntimeError, match="refused"):
+            mode("auto")
+    else:
+        assert mode("auto").kind in (sandbox.UNSHARE, sandbox.NONE)
