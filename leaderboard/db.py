@@ -1,7 +1,7 @@
 """The store's SQLite database: schema, connections, transactions, errors, backups.
 
 One file (`leaderboard.sqlite3`, WAL) holds the history, the takedown and replay-pruning
-events, the maintained ranking and current rows, and the request queue, so that recording a
+events, the maintained ranking, and the request queue, so that recording a
 result and ending its request are one transaction.
 
 - Connections: one per thread and process, `busy_timeout` 60 s, `synchronous=NORMAL` (in WAL
@@ -58,9 +58,6 @@ CREATE TABLE IF NOT EXISTS evaluations (
 -- covering what a ranking refresh reads, so the rows of one repo are one contiguous index range
 CREATE INDEX IF NOT EXISTS evaluations_repo ON evaluations (repo_id, revision, env_key, status, ranked, score,
     mean_reward, iqm, algo, claim_verdict, commit_date, evaluated_at, recorded_at);
--- the current row of each key (its newest evaluated_at, then the latest recorded)
-CREATE TABLE IF NOT EXISTS latest (key_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, evaluated_at INTEGER,
-    recorded_at INTEGER, row_id TEXT NOT NULL) WITHOUT ROWID;
 -- takedowns: hide the rows of repo_id with seq <= upto_seq (or only row_seq when set)
 CREATE TABLE IF NOT EXISTS takedowns (
     id INTEGER PRIMARY KEY, repo_id TEXT NOT NULL, upto_seq INTEGER NOT NULL, row_seq INTEGER,
@@ -174,6 +171,7 @@ class Database:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA journal_size_limit=67108864")
             db.execute("PRAGMA cache_size=-65536")  # 64 MB: the random-key indexes of a big history stay cached
+            db.execute("PRAGMA mmap_size=1073741824")  # reads from the OS page cache, shared by processes
             db.execute("PRAGMA foreign_keys=OFF")
             self._local.db, self._local.pid = db, os.getpid()
             if not self._ready:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import codec
-from .rows import COLUMNS, TS_COLUMNS, from_micros, key_id, plain, to_micros
+from .rows import COLUMNS, TS_COLUMNS, from_micros, plain, to_micros
 
 # Database columns: the schema's, minus the two that come from takedown events, plus `unknown`
 # (columns a newer writer added to a migrated results.parquet, as JSON).
@@ -74,29 +74,19 @@ def insert(db: sqlite3.Connection, row: dict[str, Any]) -> int | None:
     cursor = db.execute(_INSERT, encode(row))
     if cursor.rowcount != 1:
         return None
-    seq = cursor.lastrowid
-    _update_latest(db, row, seq)
-    return seq
-
-
-def _order(evaluated_at: int | None, recorded_at: int | None, rid: str) -> tuple:
-    return (evaluated_at is not None, evaluated_at or 0, recorded_at is not None, recorded_at or 0, rid)
-
-
-def _update_latest(db: sqlite3.Connection, row: dict[str, Any], seq: int) -> None:
-    """The current row of a key is its newest `evaluated_at` (then the latest recorded)."""
-    kid = key_id(row)
-    found = db.execute("SELECT evaluated_at, recorded_at, row_id FROM latest WHERE key_id = ?", (kid,)).fetchone()
-    evaluated_at, recorded_at = to_micros(row.get("evaluated_at")), to_micros(row.get("recorded_at"))
-    if found is None or _order(evaluated_at, recorded_at, row["row_id"]) >= _order(*found):
-        db.execute("INSERT OR REPLACE INTO latest (key_id, seq, evaluated_at, recorded_at, row_id) "
-                   "VALUES (?, ?, ?, ?, ?)", (kid, seq, evaluated_at, recorded_at, row["row_id"]))
+    return cursor.lastrowid
 
 
 def add_takedown(db: sqlite3.Connection, repo_id: str, *, upto_seq: int, removed_at: Any, reason: str | None,
                  row_seq: int | None = None) -> None:
     db.execute("INSERT INTO takedowns (repo_id, upto_seq, row_seq, removed_at, reason) VALUES (?, ?, ?, ?, ?)",
                (repo_id, upto_seq, row_seq, to_micros(removed_at), reason))
+
+
+# The current row of each key: its newest evaluated_at, then the latest recorded (nulls oldest).
+CURRENT = ("e.seq IN (SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER (PARTITION BY repo_id, revision, env_key, "
+           "protocol_version, seed_set ORDER BY evaluated_at DESC NULLS LAST, recorded_at DESC NULLS LAST, "
+           "row_id DESC) AS newest FROM evaluations) WHERE newest = 1)")
 
 
 def last_seq(db: sqlite3.Connection) -> int:

@@ -158,12 +158,6 @@ def row_id(key: Iterable[Any], evaluated_at: Any, status: str | None) -> str:
     return hashlib.sha1("\0".join(parts).encode()).hexdigest()
 
 
-def key_id(row: Mapping[str, Any]) -> str:
-    """The identity of a row's key (one current row per key_id)."""
-    parts = ["" if row.get(k) is None else str(row.get(k)) for k in KEY]
-    return hashlib.sha1("\0".join(parts).encode()).hexdigest()
-
-
 # ---------------------------------------------------------------- EvalResult <-> row
 
 

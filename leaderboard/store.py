@@ -11,9 +11,10 @@ a pandas API on top.
 Rows are keyed by (repo_id, revision, env_key, protocol_version, seed_set). Recording a key again
 appends a row; the *current* row of a key is its newest `evaluated_at`; the very same evaluation
 (same key, `evaluated_at` and status: the same `row_id`) recorded twice is one row. The history
-is never rewritten: takedowns and replay pruning are events, the ranking and the current rows are
-tables maintained in the same transaction as each write, so a write costs the same at 1,000
-rows as at 1,000,000 and a ranking page is an index scan.
+is never rewritten: takedowns and replay pruning are events, the ranking is a table maintained
+in the same transaction as each write, so a write costs the same at 1,000
+rows as at 1,000,000 and a ranking page is an index scan (the current rows are computed when
+asked: `results()` reads everything anyway).
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ class Store:
     def results(self, *, include_removed: bool = False) -> pd.DataFrame:
         """The current row of each key (its newest evaluation), failed ones included."""
         with self.database.read() as db:
-            rows = [r for batch in hist.select(db, "e.seq IN (SELECT seq FROM latest)") for r in batch]
+            rows = [r for batch in hist.select(db, hist.CURRENT) for r in batch]
         if not include_removed:
             rows = [r for r in rows if r["removed_at"] is None]
         return _frame(rows)
