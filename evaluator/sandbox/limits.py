@@ -37,5 +37,14 @@ def apply_limits(limits: dict[str, int]) -> None:
         resource.setrlimit(which, (value, top))
 
 
+ALLOCATION_FAILURE_WORDS = ("can't allocate memory", "cannot allocate memory", "bad_alloc", "out of memory")
+
+
+def mentions_allocation_failure(text: str) -> bool:
+    """Whether an error text says an allocation failed (the memory limit, not the agent's file)."""
+    lower = text.lower()
+    return any(w in lower for w in ALLOCATION_FAILURE_WORDS)
+
+
 def apply_limits_from_env() -> None:
     apply_limits(json.loads(os.environ.get(LIMITS_ENV) or "{}"))

@@ -124,19 +124,13 @@ def serve(rfd: int, wfd: int) -> None:
         _write_all(wfd, wire.HEADER.pack(wire.ACT, seq) + to_wire_actions(actions, act_space, act_layout, n))
 
 
-def _allocation_failure(err: BaseException) -> bool:
-    text = str(err).lower()
-    return isinstance(err, MemoryError) or any(
-        s in text for s in ("can't allocate memory", "cannot allocate memory", "bad_alloc", "out of memory"))
-
-
 def main() -> None:
     rfd, wfd = os.dup(0), os.dup(1)
     os.dup2(2, 1)  # fd 1 is stderr from now on: only `wfd` carries actions
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     sys.stdout = sys.stderr
-    from .limits import apply_limits_from_env
+    from .limits import apply_limits_from_env, mentions_allocation_failure
 
     apply_limits_from_env()
     from . import wire
@@ -157,7 +151,7 @@ def main() -> None:
         import traceback
 
         traceback.print_exc()
-        if _allocation_failure(err):
+        if isinstance(err, MemoryError) or mentions_allocation_failure(str(err)):
             code, message = "memory_limit", ("the agent ran out of memory while loading or acting (over the "
                                              f"sandbox's limit): {type(err).__name__}: {str(err)[:300]}")
         else:

@@ -40,6 +40,7 @@ from ..job import Job, JobOutcome, describe, recorded_outcome
 from ..runner import N_SLOTS, Rows, run_episodes
 from . import wire
 from .confine import SNAPSHOT_MOUNT, confinement
+from .limits import mentions_allocation_failure
 from .process import DEFAULT_MEMORY_BYTES, ConfinedProcess, exit_signal
 
 STARTUP_SECONDS = 120.0  # interpreter, imports, agent load: until the player says READY
@@ -94,9 +95,7 @@ def clean_text(text: str, limit: int = 2000) -> str:
 
 
 def _memory_words(text: str) -> bool:
-    lower = text.lower()
-    return any(w in lower for w in ("memoryerror", "bad_alloc", "can't allocate memory",
-                                    "cannot allocate memory", "out of memory"))
+    return "memoryerror" in text.lower() or mentions_allocation_failure(text)
 
 
 class RemotePlayer:
