@@ -14,6 +14,9 @@ API (all pure functions of bytes, nothing is imported or called):
 - `scan_archive(data) -> dict[str, PickleScan]`: every pickle in a zip (a torch zip's
   `archive/data.pkl`, TorchScript `constants.pkl`, and the same one level down in nested zips
   such as an SB3 zip's `policy.pth`), keyed by member path (`"policy.pth/archive/data.pkl"`).
+  `keys` and `items` are the string keys (and constant values: str, int, float, bool, None)
+  set on the outermost object, e.g. a state dict's tensor names or a Q-learning dict's
+  `map_name`: read from the opcodes, never by building the object.
 - `scan_globals(data) -> list[str]`: the union of the globals of a raw pickle or of every
   pickle in a zip, in first-seen order. The entry for a global that cannot be known from the
   bytes alone is `"<dynamic STACK_GLOBAL>"` (operands computed, not constant strings) or
@@ -62,6 +65,10 @@ class PickleScan:
     pickles: int = 0  # streams read back to back (legacy torch.save writes several)
     complete: bool = False  # every stream reached STOP
     error: str | None = None  # why the walk stopped early, when it did
+    max_stack: int = 0  # deepest the stack got (marks included): a bound on nesting
+    memo_entries: int = 0  # values memoized (PUT, BINPUT, LONG_BINPUT, MEMOIZE)
+    keys: tuple[str, ...] = ()  # string keys set on the outermost object (a dict), first stream only
+    items: dict[str, object] = field(default_factory=dict)  # those of them whose value is a constant
 
     @property
     def persistent_ids(self) -> int:
@@ -92,6 +99,9 @@ _MARK = _Mark()
 _UNKNOWN = _Unknown()
 _STRINGS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
                       "BINUNICODE8"})
+_INTS = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT"})
+_CONSTANTS = {"NEWTRUE": True, "NEWFALSE": False, "NONE": None}
+MAX_KEYS = 10_000
 _GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 
@@ -106,12 +116,35 @@ class _Walker:
         self.counts: dict[str, int] = {}
         self.protocol = 0
         self.budget = max_opcodes
+        self.max_stack = 0
+        self.memo_entries = 0
+        self.keys: dict[str, None] = {}
+        self.items: dict[str, object] = {}
+        self.first = True  # keys are read from the first stream only
 
     def _pop_to_mark(self) -> None:
         while self.stack:
             if self.stack.pop() is _MARK:
                 return
         raise ValueError("pops to a MARK that is not on the stack")
+
+    def _pop_mark_items(self) -> list[object]:
+        items: list[object] = []
+        while self.stack:
+            item = self.stack.pop()
+            if item is _MARK:
+                items.reverse()
+                return items
+            items.append(item)
+        raise ValueError("pops to a MARK that is not on the stack")
+
+    def _key(self, key: object, value: object) -> None:
+        if not isinstance(key, str) or len(self.keys) >= MAX_KEYS:
+            return
+        key = _clean(key)
+        self.keys.setdefault(key, None)
+        if value is None or isinstance(value, (str, int, float, bool)):
+            self.items.setdefault(key, _clean(value) if isinstance(value, str) else value)
 
     def _pop(self, n: int) -> list[object]:
         if n > len(self.stack):
@@ -135,6 +168,11 @@ class _Walker:
         self.found.setdefault(_clean(name), None)
 
     def step(self, op: pickletools.OpcodeInfo, arg: object) -> None:
+        self._step(op, arg)
+        if len(self.stack) > self.max_stack:
+            self.max_stack = len(self.stack)
+
+    def _step(self, op: pickletools.OpcodeInfo, arg: object) -> None:
         self.budget -= 1
         if self.budget < 0:
             raise ScanLimitError(f"more than {MAX_OPCODES} opcodes")
@@ -147,11 +185,25 @@ class _Walker:
             self.stack.append(arg if isinstance(arg, str) else (arg.decode("latin-1") if isinstance(arg, bytes)
                                                                  else _UNKNOWN))
             return
+        if name in _INTS:
+            self.stack.append(arg if isinstance(arg, (int, float)) else _UNKNOWN)
+            return
+        if name in _CONSTANTS:
+            self.stack.append(_CONSTANTS[name])
+            return
         if name in _PUTS:
+            self.memo_entries += 1
             self.memo[int(arg)] = self.stack[-1] if self.stack else _UNKNOWN  # type: ignore[arg-type]
             return
         if name == "MEMOIZE":
+            self.memo_entries += 1
             self.memo[len(self.memo)] = self.stack[-1] if self.stack else _UNKNOWN
+            return
+        if name in ("SETITEM", "SETITEMS"):
+            pairs = self._pop(2) if name == "SETITEM" else self._pop_mark_items()
+            if self.first and len(self.stack) == 1:  # set on the outermost object
+                for key, value in zip(pairs[::2], pairs[1::2], strict=False):
+                    self._key(key, value)
             return
         if name in _GETS:
             self.stack.append(self.memo.get(int(arg), _UNKNOWN))  # type: ignore[arg-type]
@@ -209,6 +261,7 @@ def scan_pickle(data: bytes, *, max_opcodes: int = MAX_OPCODES) -> PickleScan:
             break
         pickles += 1
         complete = True
+        walker.first = False
         walker.stack.clear()
         walker.memo.clear()
         rest = data[stream.tell(): stream.tell() + 2]
@@ -217,7 +270,8 @@ def scan_pickle(data: bytes, *, max_opcodes: int = MAX_OPCODES) -> PickleScan:
         if len(rest) < 2 or rest[0] != _PROTO or not 2 <= rest[1] <= _HIGHEST_PROTOCOL:
             break
     return PickleScan(globals=tuple(walker.found), protocol=walker.protocol, opcodes=dict(walker.counts),
-                      pickles=pickles, complete=complete, error=error)
+                      pickles=pickles, complete=complete, error=error, max_stack=walker.max_stack,
+                      memo_entries=walker.memo_entries, keys=tuple(walker.keys), items=dict(walker.items))
 
 
 def is_zip(data: bytes) -> bool:

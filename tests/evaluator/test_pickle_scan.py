@@ -133,3 +133,29 @@ def test_nested_zip_member_is_scanned():
     assert all(isinstance(s, PickleScan) for s in scans.values())
     assert "posix.system" in scan_globals(outer.getvalue())
     assert "torch._utils._rebuild_tensor_v2" in scan_globals(outer.getvalue())
+
+
+def test_outermost_keys_and_constant_items():
+    table = {"env_id": "FrozenLake-v1", "map_name": "8x8", "slippery": False, "max_steps": 99,
+             "gamma": 0.95, "eval_seed": [1, 2], "nested": {"map_name": "4x4"}}
+    for protocol in (2, 4, 5):
+        scan = scan_pickle(pickle.dumps(table, protocol=protocol))
+        assert scan.keys == tuple(table)
+        assert scan.items == {"env_id": "FrozenLake-v1", "map_name": "8x8", "slippery": False, "max_steps": 99,
+                              "gamma": 0.95}
+    state = _torch_bytes(Policy().state_dict())
+    (inner,) = scan_archive(state).values()
+    assert inner.keys == ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias") and inner.items == {}
+
+
+def test_nesting_and_memo_are_measured():
+    deep = pickle.dumps(_nested(200), protocol=4)
+    assert scan_pickle(deep).max_stack >= 200
+    assert scan_pickle(pickle.dumps(["a", "b", "c"], protocol=4)).memo_entries == 4
+
+
+def _nested(depth: int):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
