@@ -131,9 +131,7 @@ def _import_rows(db: sqlite3.Connection, rows: list[dict]) -> int:
         repos.add(row["repo_id"])
         if removed_at is not None:
             hist.add_takedown(db, row["repo_id"], upto_seq=seq, row_seq=seq, removed_at=removed_at, reason=reason)
-    for repo_id in repos:
-        if repo_id is not None:
-            rk.refresh_repo(db, repo_id)
+    rk.refresh_repos(db, repos)
     return imported
 
 

@@ -5,9 +5,10 @@ revision by commit date (a revision's commit date is the latest known for it, fr
 rows; a revision without one counts as oldest; among the rows of one revision, the latest
 evaluation); ordered by score descending, then mean descending, then repo id ascending. An
 unranked or failed evaluation, of a newer commit or of the same one, never hides a repo's ranked
-one. SQLite has no indexed views: every write or takedown calls `refresh_repo`, which recomputes
-the entries of that repo (all its env keys, since a commit date may arrive later from a row of
-another env). `rank()` is the same rule over a DataFrame, the reference the tests hold the table to.
+one. SQLite has no indexed views: every write or takedown calls `refresh_repo` (`refresh_repos`
+for a batch), which recomputes the entries of that repo (all its env keys, since a commit date
+may arrive later from a row of another env). `rank()` is the same rule over a DataFrame, the
+reference the tests hold the table to.
 """
 
 from __future__ import annotations
@@ -64,12 +65,18 @@ def _newest_key(row: tuple) -> tuple:
             recorded_at is not None, recorded_at or 0, seq)
 
 
-def refresh_repo(db: sqlite3.Connection, repo_id: str) -> None:
-    """Recompute the ranking entries of one repo (inside the caller's write transaction)."""
-    rows = db.execute("SELECT seq, revision, env_key, status, ranked, score, mean_reward, iqm, algo, claim_verdict, "
-                      "commit_date, evaluated_at, recorded_at FROM evaluations WHERE repo_id = ?",
-                      (repo_id,)).fetchall()
-    events = db.execute("SELECT upto_seq, row_seq FROM takedowns WHERE repo_id = ?", (repo_id,)).fetchall()
+_REFRESH_COLUMNS = ("seq, revision, env_key, status, ranked, score, mean_reward, iqm, algo, claim_verdict, "
+                    "commit_date, evaluated_at, recorded_at")
+_UPSERT = ("INSERT INTO ranking (env_key, repo_id, seq, score, mean_reward, iqm, evaluated_at, commit_date, algo, "
+           "claim_verdict) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (env_key, repo_id) DO UPDATE SET "
+           "seq = excluded.seq, score = excluded.score, mean_reward = excluded.mean_reward, iqm = excluded.iqm, "
+           "evaluated_at = excluded.evaluated_at, commit_date = excluded.commit_date, algo = excluded.algo, "
+           "claim_verdict = excluded.claim_verdict")
+
+
+def _best(rows: list[tuple], events: list[tuple]) -> dict[str, tuple]:
+    """The ranked row of each env key of one repo (the rule above), from its evaluation rows
+    (`_REFRESH_COLUMNS`) and its takedown events (upto_seq, row_seq)."""
     cutoff = max((upto for upto, row_seq in events if row_seq is None), default=0)
     hidden = {row_seq for upto, row_seq in events if row_seq is not None and upto >= row_seq}
     commit: dict[Any, int] = {}
@@ -86,20 +93,60 @@ def refresh_repo(db: sqlite3.Connection, repo_id: str) -> None:
         row = (*row[:10], commit.get(revision), row[11], row[12])
         if env_key not in best or _newest_key(row) > _newest_key(best[env_key]):
             best[env_key] = row
-    existing = dict(db.execute("SELECT env_key, seq || ':' || COALESCE(commit_date, '') FROM ranking "
-                               "WHERE repo_id = ?", (repo_id,)).fetchall())
-    for env_key in set(existing) - set(best):
-        db.execute("DELETE FROM ranking WHERE env_key = ? AND repo_id = ?", (env_key, repo_id))
+    return best
+
+
+def _apply(db: sqlite3.Connection, repo_id: str, best: dict[str, tuple], existing: dict[str, str]) -> None:
+    """Bring one repo's ranking entries from `existing` (env_key -> "seq:commit_date") to `best`."""
+    gone = [(env_key, repo_id) for env_key in set(existing) - set(best)]
+    if gone:
+        db.executemany("DELETE FROM ranking WHERE env_key = ? AND repo_id = ?", gone)
+    upserts = []
     for env_key, row in best.items():
         seq, _, _, _, _, score, mean, iqm, algo, verdict, commit_date, evaluated_at, _ = row
-        if existing.get(env_key) == f"{seq}:{'' if commit_date is None else commit_date}":
-            continue
-        db.execute("INSERT INTO ranking (env_key, repo_id, seq, score, mean_reward, iqm, evaluated_at, commit_date, "
-                   "algo, claim_verdict) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (env_key, repo_id) DO "
-                   "UPDATE SET seq = excluded.seq, score = excluded.score, mean_reward = excluded.mean_reward, "
-                   "iqm = excluded.iqm, evaluated_at = excluded.evaluated_at, commit_date = excluded.commit_date, "
-                   "algo = excluded.algo, claim_verdict = excluded.claim_verdict",
-                   (env_key, repo_id, seq, score, mean, iqm, evaluated_at, commit_date, algo, verdict))
+        if existing.get(env_key) != f"{seq}:{'' if commit_date is None else commit_date}":
+            upserts.append((env_key, repo_id, seq, score, mean, iqm, evaluated_at, commit_date, algo, verdict))
+    if upserts:
+        db.executemany(_UPSERT, upserts)
+
+
+def refresh_repo(db: sqlite3.Connection, repo_id: str) -> None:
+    """Recompute the ranking entries of one repo (inside the caller's write transaction)."""
+    rows = db.execute(f"SELECT {_REFRESH_COLUMNS} FROM evaluations WHERE repo_id = ?", (repo_id,)).fetchall()
+    events = db.execute("SELECT upto_seq, row_seq FROM takedowns WHERE repo_id = ?", (repo_id,)).fetchall()
+    existing = dict(db.execute("SELECT env_key, seq || ':' || COALESCE(commit_date, '') FROM ranking "
+                               "WHERE repo_id = ?", (repo_id,)).fetchall())
+    _apply(db, repo_id, _best(rows, events), existing)
+
+
+def refresh_repos(db: sqlite3.Connection, repo_ids: set[str]) -> None:
+    """`refresh_repo` for many repos at once (a bulk write): three joined reads for the whole
+    batch instead of three queries per repo; the same rule, the same result."""
+    repo_ids = {r for r in repo_ids if r is not None}
+    if len(repo_ids) <= 1:
+        for repo_id in repo_ids:
+            refresh_repo(db, repo_id)
+        return
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS refresh_batch (repo_id TEXT PRIMARY KEY)")
+    db.execute("DELETE FROM temp.refresh_batch")
+    db.executemany("INSERT INTO temp.refresh_batch VALUES (?)", [(r,) for r in repo_ids])
+    rows: dict[str, list] = {r: [] for r in repo_ids}
+    events: dict[str, list] = {r: [] for r in repo_ids}
+    existing: dict[str, dict] = {r: {} for r in repo_ids}
+    prefixed = ", ".join(f"e.{c.strip()}" for c in _REFRESH_COLUMNS.split(","))
+    for repo_id, *row in db.execute(f"SELECT b.repo_id, {prefixed} FROM temp.refresh_batch b "
+                                    "JOIN evaluations e ON e.repo_id = b.repo_id"):
+        rows[repo_id].append(tuple(row))
+    for repo_id, upto, row_seq in db.execute("SELECT b.repo_id, t.upto_seq, t.row_seq FROM temp.refresh_batch b "
+                                             "JOIN takedowns t ON t.repo_id = b.repo_id"):
+        events[repo_id].append((upto, row_seq))
+    for repo_id, env_key, state in db.execute("SELECT b.repo_id, r.env_key, r.seq || ':' || "
+                                              "COALESCE(r.commit_date, '') FROM temp.refresh_batch b "
+                                              "JOIN ranking r ON r.repo_id = b.repo_id"):
+        existing[repo_id][env_key] = state
+    for repo_id in repo_ids:
+        _apply(db, repo_id, _best(rows[repo_id], events[repo_id]), existing[repo_id])
+    db.execute("DELETE FROM temp.refresh_batch")
 
 
 def _filters(env_key: str | None, search: str | None, algo: str | None, verdict: str | None) -> tuple[str, list]:

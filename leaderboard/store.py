@@ -288,9 +288,7 @@ class Store:
             if hidden is not None and seq:
                 hist.add_takedown(db, prepared[0][0]["repo_id"], upto_seq=seq, row_seq=seq,
                                   removed_at=pd.Timestamp.now(tz="UTC"), reason=hidden)
-            for repo_id in touched:
-                if repo_id is not None:
-                    rk.refresh_repo(db, repo_id)
+            rk.refresh_repos(db, touched)
             if videos:
                 gone = replays.prune(db, self.max_replay_bytes, keep=videos, upto_seq=hist.last_seq(db))
             if request is not None and hidden is None:

@@ -277,14 +277,19 @@ def test_backups_follow_their_cadence_not_each_write(tmp_path):
         assert copy.execute("SELECT repo_id FROM evaluations").fetchall() == [("a/one",)]
 
 
-def _random_history(store: Store, rng: random.Random, n: int) -> None:
+def _random_history(store: Store, rng: random.Random, n: int, *, bulk: bool = False) -> None:
+    """Random writes and takedowns; with `bulk`, the writes between two takedowns go in one
+    `record_many` (the batched ranking refresh) instead of one `record` each."""
     repos = [f"{u}/{m}" for u in ("ann", "Bob", "cy") for m in ("ppo-x", "dqn-y")]
     envs = ["CartPole-v1", "Acrobot-v1"]
     shas = [c * 40 for c in "123"]
+    pending: list = []
     for i in range(n):
         action = rng.random()
         repo = rng.choice(repos)
         if action < 0.08:
+            store.record_many(pending)
+            pending = []
             store.remove(repo, reason=f"takedown {i}")
             continue
         date = rng.choice([None, "2024-01-01", "2024-02-01", "2024-03-01"])
@@ -292,16 +297,21 @@ def _random_history(store: Store, rng: random.Random, n: int) -> None:
                              env_key=rng.choice(envs), status=rng.choice(["finished"] * 4 + ["failed"]),
                              ranked=rng.random() < 0.8, evaluated_at=f"2025-01-{rng.randint(1, 28):02d}T00:00:00Z")
         result.algo = "ppo" if "ppo" in repo else "dqn"
-        store.record(result, commit_date=date)
+        if bulk:
+            pending.append((result, date))
+        else:
+            store.record(result, commit_date=date)
+    store.record_many(pending)
 
 
+@pytest.mark.parametrize("bulk", [False, True], ids=["one-by-one", "bulk"])
 @pytest.mark.parametrize("seed", range(4))
-def test_the_maintained_ranking_equals_the_rule_on_random_histories(tmp_path, seed):
+def test_the_maintained_ranking_equals_the_rule_on_random_histories(tmp_path, seed, bulk):
     """Rows in any order, commit dates arriving later from another env's row, ties, failed and
     unranked re-runs, takedowns and resubmissions: the maintained table agrees with the rule
-    computed from the whole history."""
+    computed from the whole history, whether rows come one by one or in batches."""
     store = Store(tmp_path)
-    _random_history(store, random.Random(seed), 120)
+    _random_history(store, random.Random(seed), 120, bulk=bulk)
     expected = ranking_module.rank(store.history())
     got = store.ranking()
     columns = ["rank", "env_key", "repo_id", "revision", "row_id", "commit_date"]
