@@ -4,16 +4,14 @@
 RL Zoo writes its YAML with `!!python/object/apply:collections.OrderedDict` and evaluates
 strings such as `normalize: "dict(norm_obs=True)"` with `eval`; `vec_normalize.pkl` is a plain
 pickle. Here the YAML goes through a safe loader with exactly one extra constructor, the strings
-through an AST walk that accepts literals only, and the pickle through an unpickler whose
-`find_class` hands out inert stand-ins that only record state (DESIGN.md, security model).
+through an AST walk that accepts literals only, and the pickle through the one restricted
+unpickler (`evaluator.restricted_pickle`) with the allowlist below, whose stand-ins only record
+state (DESIGN.md, security model).
 """
 
 from __future__ import annotations
 
 import ast
-import io
-import math
-import pickle  # safe: restricted find_class allowlist
 import reprlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import numpy as np
 import yaml
 
 from evaluator.agents.base import AgentFiles
+from evaluator.agents.pickle_numpy import NUMPY_ALLOWLIST, to_array, to_scalar
 from evaluator.errors import (
     CorruptFileError,
     EvaluationError,
@@ -31,6 +30,7 @@ from evaluator.errors import (
     UnsafeContentError,
     UnsupportedFormatError,
 )
+from evaluator.restricted_pickle import RecordedOrderedDict, StandIn, restricted_load
 from evaluator.safe_yaml import StrictSafeLoader
 
 MAX_YAML_BYTES = 1024 * 1024
@@ -340,106 +340,31 @@ def read_zoo_config(files: AgentFiles) -> ZooConfig | None:
 # vec_normalize.pkl
 
 
-class _Record:
-    """An inert stand-in: it accepts construction arguments and pickled state, and keeps them."""
-
-    def __init__(self, *args: Any) -> None:
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-class _VecNormalizeRecord(_Record):
+class _VecNormalizeRecord(StandIn):
     pass
 
 
-class _RunningMeanStdRecord(_Record):
+class _RunningMeanStdRecord(StandIn):
     pass
 
 
-class _SpaceRecord(_Record):
+class _SpaceRecord(StandIn):
     pass
 
 
-class _RandomStateRecord(_Record):
+class _RandomStateRecord(StandIn):
     pass
-
-
-class _DTypeRecord(_Record):
-    pass
-
-
-class _ArrayRecord(_Record):
-    pass
-
-
-class _ScalarRecord(_Record):
-    pass
-
-
-def _refuse_build(what: str) -> UnsafeContentError:
-    return UnsafeContentError(f"vec_normalize.pkl sets state on {what} itself (a pickle BUILD on a global): refused.")
-
-
-class _NdarrayMarker:
-    """Stands for `numpy.ndarray` as the first argument of `_reconstruct`. The unpickler hands out
-    one instance (not a class), which has no attributes to set and refuses pickled state, so a
-    BUILD opcode on the global cannot change anything shared between loads."""
-
-    __slots__ = ()
-
-    def __setstate__(self, state: Any) -> None:
-        raise _refuse_build("numpy.ndarray")
-
-    def __reduce__(self) -> Any:
-        raise TypeError("not picklable")
-
-
-_NDARRAY = _NdarrayMarker()
-
-
-class _Function:
-    """A module-level function handed out by `find_class`, wrapped so that a BUILD opcode on it
-    cannot set attributes (`__defaults__`, `__dict__`) of the shared function object."""
-
-    __slots__ = ("_function", "_name")
-
-    def __init__(self, function: Any, name: str) -> None:
-        object.__setattr__(self, "_function", function)
-        object.__setattr__(self, "_name", name)
-
-    def __call__(self, *args: Any) -> Any:
-        return self._function(*args)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise _refuse_build(self._name)
-
-    def __setstate__(self, state: Any) -> None:
-        raise _refuse_build(self._name)
-
-    def __reduce__(self) -> Any:
-        raise TypeError("not picklable")
-
-
-def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> _ArrayRecord:
-    if subtype is not _NDARRAY:
-        raise UnsafeContentError("vec_normalize.pkl reconstructs an array of a non-numpy type.")
-    return _ArrayRecord(shape, dtype)
 
 
 _SPACES = ("Box", "Discrete", "MultiDiscrete", "MultiBinary")
-_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
-_PICKLE_ALLOWLIST: dict[tuple[str, str], Any] = {
+# The allowlist of vec_normalize.pkl, for the one restricted unpickler (evaluator.restricted_pickle).
+VEC_NORMALIZE_ALLOWLIST: dict[tuple[str, str], Any] = {
     ("stable_baselines3.common.vec_env.vec_normalize", "VecNormalize"): _VecNormalizeRecord,
     ("stable_baselines3.common.running_mean_std", "RunningMeanStd"): _RunningMeanStdRecord,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("numpy", "dtype"): _DTypeRecord,
-    ("numpy", "ndarray"): _NDARRAY,
-    **{(module, "_reconstruct"): _Function(_reconstruct, f"{module}._reconstruct") for module in _MULTIARRAY},
-    **{(module, "scalar"): _ScalarRecord for module in _MULTIARRAY},
+    ("collections", "OrderedDict"): RecordedOrderedDict,
+    **NUMPY_ALLOWLIST,
     **{
-        ("numpy.random._pickle", name): _RandomStateRecord  # safe: restricted find_class allowlist
+        ("numpy.random._pickle", name): _RandomStateRecord
         for name in ("__randomstate_ctor", "__bit_generator_ctor", "__generator_ctor")
     },
     ("numpy.random", "__RandomState_ctor"): _RandomStateRecord,
@@ -449,89 +374,7 @@ _PICKLE_ALLOWLIST: dict[tuple[str, str], Any] = {
         for module, cls in zip(("box", "discrete", "multi_discrete", "multi_binary"), _SPACES, strict=True)
     },
 }
-
-
-class RestrictedUnpickler(pickle.Unpickler):  # safe: restricted find_class allowlist
-    """An unpickler whose `find_class` only hands out the inert stand-ins above."""
-
-    def find_class(self, module: str, name: str) -> Any:  # safe: restricted find_class allowlist
-        try:
-            return _PICKLE_ALLOWLIST[(module, name)]
-        except KeyError:
-            raise UnsafeContentError(
-                f"vec_normalize.pkl refers to {module}.{name}, which is not on the allowlist "
-                "(VecNormalize statistics need only numpy arrays and a few SB3/gym classes): refused "
-                "without running it."
-            ) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeContentError("vec_normalize.pkl uses persistent ids: refused.")
-
-
-_DTYPE_KINDS = frozenset("biuf")
-MAX_ARRAY_DIMS = 8
-MAX_ARRAY_DIM = 2**31
-
-
-def _dtype(record: Any) -> np.dtype:
-    if not isinstance(record, _DTypeRecord) or not record.args or not isinstance(record.args[0], str):
-        raise CorruptFileError("vec_normalize.pkl has an array without a plain dtype.")
-    code = record.args[0]
-    order = "|"
-    state = getattr(record, "state", None)
-    if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
-        order = state[1]
-    if len(code) > 4 or not code.isalnum():
-        raise UnsafeContentError(f"vec_normalize.pkl has an unsupported dtype {code[:20]!r}.")
-    try:
-        dtype = np.dtype(code)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise CorruptFileError(f"vec_normalize.pkl has an unknown dtype {code!r}.") from exc
-    if dtype.kind not in _DTYPE_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-        raise UnsafeContentError(f"vec_normalize.pkl has an unsupported dtype {code!r}.")
-    return dtype.newbyteorder(order) if order in ("<", ">") else dtype
-
-
-def _array(value: Any, what: str) -> np.ndarray:
-    """Materialize a recorded array (or a recorded scalar / plain number) as numpy, inertly."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return np.asarray(value, dtype=np.float64)
-    if isinstance(value, _ScalarRecord):
-        if len(value.args) != 2 or not isinstance(value.args[1], bytes):
-            raise CorruptFileError(f"vec_normalize.pkl: `{what}` is a malformed numpy scalar.")
-        dtype = _dtype(value.args[0])
-        if len(value.args[1]) != dtype.itemsize:
-            raise CorruptFileError(f"vec_normalize.pkl: `{what}` has the wrong byte count.")
-        return np.frombuffer(value.args[1], dtype=dtype).reshape(())
-    if not isinstance(value, _ArrayRecord) or not isinstance(getattr(value, "state", None), tuple):
-        raise CorruptFileError(f"vec_normalize.pkl: `{what}` is not a numpy array.")
-    state = value.state
-    if len(state) != 5:
-        raise CorruptFileError(f"vec_normalize.pkl: `{what}` is not a plain numpy array.")
-    _version, shape, dtype_record, fortran, raw = state
-    dtype = _dtype(dtype_record)
-    if not isinstance(raw, bytes):
-        raise CorruptFileError(f"vec_normalize.pkl: `{what}` has no raw array data.")
-    if not (
-        isinstance(shape, tuple)
-        and len(shape) <= MAX_ARRAY_DIMS
-        and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_ARRAY_DIM for n in shape)
-    ):
-        raise CorruptFileError(f"vec_normalize.pkl: `{what}` has a malformed shape {_short(shape)}.")
-    count = math.prod(shape)  # Python ints: no int64 wrap-around
-    if count * dtype.itemsize != len(raw):
-        raise CorruptFileError(f"vec_normalize.pkl: `{what}` has {len(raw)} bytes for shape {shape}.")
-    try:
-        return np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise CorruptFileError(f"vec_normalize.pkl: `{what}` is not a readable array: {str(exc)[:200]}") from exc
-
-
-def _scalar(value: Any, what: str) -> float:
-    arr = _array(value, what)
-    if arr.shape != () or not np.isfinite(arr):
-        raise CorruptFileError(f"vec_normalize.pkl: `{what}` is not a finite number.")
-    return float(arr)
+_HINT = " (VecNormalize statistics need only numpy arrays and a few SB3/gym classes)"
 
 
 @dataclass(frozen=True)
@@ -552,30 +395,10 @@ class VecNormalizeStats:
         return normalized.astype(np.float32)
 
 
-_UNPICKLING_ERRORS = (
-    pickle.UnpicklingError,  # safe: restricted find_class allowlist
-    EOFError,
-    ValueError,
-    TypeError,
-    AttributeError,
-    IndexError,
-    KeyError,
-    RecursionError,
-    MemoryError,
-    UnicodeDecodeError,
-)
-
-
 def parse_vec_normalize(raw: bytes) -> VecNormalizeStats:
     """Read the observation statistics from `vec_normalize.pkl` bytes, without running anything."""
-    if len(raw) > MAX_PICKLE_BYTES:
-        raise TooLargeError(f"vec_normalize.pkl is {len(raw)} bytes (limit {MAX_PICKLE_BYTES}).")
-    try:
-        obj = RestrictedUnpickler(io.BytesIO(raw)).load()  # safe: restricted find_class allowlist
-    except UnsafeContentError:
-        raise
-    except _UNPICKLING_ERRORS as exc:
-        raise CorruptFileError(f"vec_normalize.pkl is not a readable VecNormalize save ({exc!r:.300}).") from exc
+    obj = restricted_load(raw, VEC_NORMALIZE_ALLOWLIST, what="vec_normalize.pkl", max_bytes=MAX_PICKLE_BYTES,
+                          hint=_HINT)
     try:
         return _vec_normalize_stats(obj)
     except EvaluationError:
@@ -585,22 +408,22 @@ def parse_vec_normalize(raw: bytes) -> VecNormalizeStats:
 
 
 def _vec_normalize_stats(obj: Any) -> VecNormalizeStats:
-    if not isinstance(obj, _VecNormalizeRecord) or not isinstance(getattr(obj, "state", None), dict):
+    if not isinstance(obj, _VecNormalizeRecord) or not isinstance(obj.state, dict):
         raise CorruptFileError("vec_normalize.pkl does not hold a VecNormalize object.")
     state = obj.state
     rms = state.get("obs_rms")
     if isinstance(rms, dict):
         raise UnsupportedFormatError("vec_normalize.pkl normalizes dict observations: not supported yet.")
-    if not isinstance(rms, _RunningMeanStdRecord) or not isinstance(getattr(rms, "state", None), dict):
+    if not isinstance(rms, _RunningMeanStdRecord) or not isinstance(rms.state, dict):
         raise CorruptFileError("vec_normalize.pkl has no observation statistics (`obs_rms`).")
-    mean = _array(rms.state.get("mean"), "obs_rms.mean")
-    var = _array(rms.state.get("var"), "obs_rms.var")
+    mean = to_array(rms.state.get("mean"), "vec_normalize.pkl: `obs_rms.mean`")
+    var = to_array(rms.state.get("var"), "vec_normalize.pkl: `obs_rms.var`")
     if mean.shape != var.shape:
         raise CorruptFileError(f"vec_normalize.pkl: mean {mean.shape} and var {var.shape} differ in shape.")
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var >= 0)):
         raise CorruptFileError("vec_normalize.pkl: the observation statistics are not finite.")
-    epsilon = _scalar(state.get("epsilon", 1e-8), "epsilon")
-    clip_obs = _scalar(state.get("clip_obs", 10.0), "clip_obs")
+    epsilon = to_scalar(state.get("epsilon", 1e-8), "vec_normalize.pkl: `epsilon`")
+    clip_obs = to_scalar(state.get("clip_obs", 10.0), "vec_normalize.pkl: `clip_obs`")
     norm_obs = state.get("norm_obs", True)
     if not isinstance(norm_obs, bool) or epsilon < 0 or clip_obs <= 0:
         raise CorruptFileError("vec_normalize.pkl: `norm_obs`, `epsilon` or `clip_obs` is invalid.")

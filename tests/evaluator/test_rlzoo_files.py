@@ -399,12 +399,12 @@ def test_vec_normalize_malformed_arrays_are_corrupt(mean: bytes) -> None:
 )
 def test_vec_normalize_build_on_a_global_is_refused(target: tuple[str, str]) -> None:
     """BUILD on the allowlisted global itself would set attributes on a shared object."""
-    from evaluator.agents import rlzoo
+    from evaluator.agents import pickle_numpy
 
     for state in (b"}(" + _str("polluted") + b"K\x01u", b"(N}(" + _str("polluted") + b"K\x01ut"):
         raw = b"\x80\x02" + _global(*target) + state + b"b0" + _vec_normalize(_GOOD, _GOOD)[2:]
         with pytest.raises(UnsafeContentError, match="BUILD"):
             parse_vec_normalize(raw)
-    assert not hasattr(rlzoo._NdarrayMarker, "polluted")
-    assert not hasattr(rlzoo._reconstruct, "polluted")
+    assert not hasattr(pickle_numpy.NdarrayMarker, "polluted")
+    assert not hasattr(pickle_numpy.reconstruct, "polluted")
     assert parse_vec_normalize(_vec_normalize(_GOOD, _GOOD)).mean.shape == (2,)
