@@ -13,12 +13,17 @@ import sys
 from pathlib import Path
 
 from .errors import ErrorCode, ExitCode
+from .text import clean_text
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    """A whole number >= 1; argparse prefixes the message with the option's name."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
     return value
 
 
@@ -88,18 +93,41 @@ def exit_code(result) -> int:
     return ExitCode.FAILED
 
 
-def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
+def _usage_error(args, message: str, code: ErrorCode | None = None) -> int:
+    """A usage error (exit 2): nothing evaluated, nothing recorded; with --json, still one
+    EvalResult document on stdout."""
+    if args.json:
+        from .result import EvalResult
 
+        print(EvalResult(repo_id=clean_text(args.repo_id, 200), error_code=code.value if code else None,
+                         error=message).to_json())
+    print(f"error: {message}", file=sys.stderr)
+    return ExitCode.USAGE
+
+
+def cmd_evaluate(args) -> int:
+    from .errors import InvalidRepoIdError
+    from .evaluate import evaluate
+    from .hub import check_repo_id
+
+    try:
+        args.repo_id = check_repo_id(args.repo_id)
+    except InvalidRepoIdError as err:
+        return _usage_error(args, str(err), err.code)
     store = video_path = None
     if not args.no_store:
         from leaderboard.store import Store, default_store_dir  # lazy: the one allowed upward import
 
-        store = Store(args.store or default_store_dir())
+        folder = args.store or default_store_dir()
+        if folder.exists() and not folder.is_dir():
+            return _usage_error(args, f"the store folder {folder} is not a folder (a file is in the way): pass "
+                                      "--store DIR with a folder, or --no-store")
+        store = Store(folder)
         if not args.no_video:
             video_path = store.new_video_path()  # record() moves it to replays/ and makes it relative
     result = evaluate(args.repo_id, revision=args.revision, env_id=args.env_id, episodes=args.episodes,
                       processes=args.processes, video_path=video_path, progress=_progress_printer())
+    recorded = True
     if store is not None:
         from leaderboard.submit import commit_date
 
@@ -109,7 +137,9 @@ def cmd_evaluate(args) -> int:
             print(f"recorded in {store.results_path}" + (f" (replay {result.video})" if result.video else ""),
                   file=sys.stderr)
         except Exception as err:  # the store failing must not swallow the result: it is still printed
-            print(f"error: the result was not recorded ({type(err).__name__}): {err}", file=sys.stderr)
+            recorded = False
+            print(f"error: the result was NOT recorded in the store {store.root} ({type(err).__name__}: "
+                  f"{clean_text(str(err), 500)}); the result is printed below", file=sys.stderr)
         finally:
             if video_path is not None:
                 video_path.unlink(missing_ok=True)
@@ -117,7 +147,8 @@ def cmd_evaluate(args) -> int:
         print(result.to_json())
     else:
         print(summary(result))
-    return exit_code(result)
+    code = exit_code(result)
+    return ExitCode.FAILED if code == ExitCode.OK and not recorded else code
 
 
 def main(argv: list[str] | None = None) -> int:

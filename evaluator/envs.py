@@ -47,6 +47,7 @@ class EnvSpec:
     deterministic: bool
     unit_threshold: float | None = None
     course_unit: str | None = None
+    return_bounds: tuple[float, float] | None = None  # (lowest, highest) achievable episode return
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,23 @@ class _Entry:
     unit_threshold: float | None = None
     course_unit: str | None = None
     supported: bool = True
+
+
+# The episode returns an env can give at all, where they are known exactly from its reward
+# function and time limit (protocol v1 runs the registered limits; actions are checked inside
+# the action space). A claimed mean outside them is `inflated`, a claimed std wider than their
+# span `unverifiable` (evaluator.stats.claim_verdict). Envs with shaped, unbounded-in-practice
+# rewards (LunarLander, BipedalWalker) have none.
+RETURN_BOUNDS: dict[str, tuple[float, float]] = {
+    "CartPole-v1": (0.0, 500.0),  # +1 per step, 500 steps
+    "Acrobot-v1": (-500.0, 0.0),  # -1 per step until the goal, 500 steps
+    "MountainCar-v0": (-200.0, 0.0),  # -1 per step, 200 steps
+    "MountainCarContinuous-v0": (-99.9, 100.0),  # -0.1 a^2 per step (|a| <= 1, 999 steps), +100 at the goal
+    "Pendulum-v1": (-3255.0, 0.0),  # -(pi^2 + 0.1 * 8^2 + 0.001 * 2^2) per step at worst, 200 steps
+    "FrozenLake-v1": (0.0, 1.0),  # 1 for reaching the goal, else 0
+    "FrozenLake8x8-v1": (0.0, 1.0),
+    "Taxi-v4": (-2000.0, 20.0),  # -1 per step, -10 for an illegal action, +20 for the drop-off, 200 steps
+}
 
 
 def _fl(map_name: str, slippery: bool) -> _Entry:
@@ -121,6 +139,7 @@ def _spec(requested_id: str, entry: _Entry) -> EnvSpec:
         deterministic=FAMILY_DETERMINISTIC[entry.family],
         unit_threshold=entry.unit_threshold,
         course_unit=entry.course_unit,
+        return_bounds=RETURN_BOUNDS.get(entry.eval_env_id),
     )
 
 

@@ -10,6 +10,7 @@ class ErrorCode(StrEnum):
     """The `error_code` values of a failed `EvalResult` (a public contract: extend, never rename)."""
 
     REPO_NOT_FOUND = "repo_not_found"
+    INVALID_REPO_ID = "invalid_repo_id"  # not `namespace/name`: nothing was asked of the Hub
     REVISION_NOT_FOUND = "revision_not_found"
     GATED_REPO = "gated_repo"
     NO_AGENT = "no_agent"
@@ -52,6 +53,12 @@ class EvaluationError(Exception):
 
 class RepoNotFoundError(EvaluationError, LookupError):
     code = ErrorCode.REPO_NOT_FOUND
+
+
+class InvalidRepoIdError(EvaluationError, ValueError):
+    """Not a Hub model repo id (`namespace/name`)."""
+
+    code = ErrorCode.INVALID_REPO_ID
 
 
 class RevisionNotFoundError(EvaluationError, LookupError):

@@ -86,14 +86,26 @@ def claim_verdict(
     *,
     failed: bool = False,
     same_env: bool = True,
+    bounds: tuple[float, float] | None = None,
 ) -> str:
     """`absent` without a claim; `unverifiable` if the claim is for another env or the evaluation
-    failed; `inflated` iff M − m > `inflation_margin`; else `consistent` (under-claiming too)."""
+    failed; with the achievable return `bounds` of the env known, a claimed mean outside them is
+    `inflated` and a claimed std wider than their span `unverifiable`; `unverifiable` when the
+    margin is not a finite number; `inflated` iff M − m > `inflation_margin`; else `consistent`
+    (under-claiming too)."""
     if claimed_mean is None or not math.isfinite(claimed_mean):
         return Verdict.ABSENT.value
     if failed or not same_env or measured_mean is None or measured_std is None or not n:
         return Verdict.UNVERIFIABLE.value
+    if bounds is not None:
+        low, high = bounds
+        if not low <= claimed_mean <= high:
+            return Verdict.INFLATED.value
+        if claimed_std is not None and (not math.isfinite(claimed_std) or abs(claimed_std) > high - low):
+            return Verdict.UNVERIFIABLE.value
     margin = inflation_margin(measured_std, n, claimed_mean, claimed_std, claimed_n)
+    if not math.isfinite(margin):
+        return Verdict.UNVERIFIABLE.value
     if float(claimed_mean) - float(measured_mean) > margin:
         return Verdict.INFLATED.value
     return Verdict.CONSISTENT.value

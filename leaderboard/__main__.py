@@ -30,10 +30,15 @@ log = logging.getLogger("leaderboard")
 
 
 def _positive(kind):
+    expected = "a whole number of at least 1" if kind is int else "a positive number"
+
     def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")  # argparse names the option
         return value
 
     return parse
@@ -109,8 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that only read a store: a store folder that does not exist is a mistake to say, not an
+# empty leaderboard to show (the others create it).
+_READS_STORE = frozenset({"show", "requests", "remove", "export", "publish", "backup", "restore", "certify"})
+
+
+class StoreLocationError(Exception):
+    """--store names no folder (usage error, exit 2)."""
+
+
 def _store(args) -> Store:
-    return Store(args.store or default_store_dir())
+    root = args.store or default_store_dir()
+    if root.exists() and not root.is_dir():
+        raise StoreLocationError(f"the store {root} is not a folder (a file is in the way): pass --store DIR")
+    if not root.exists() and args.command in _READS_STORE and not getattr(args, "hub_dataset", None):
+        raise StoreLocationError(f"the store folder {root} does not exist: pass --store DIR with an existing store "
+                                 "(submit or worker create one)")
+    return Store(root)
 
 
 def _publisher(args, store: Store):
@@ -374,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
+    except StoreLocationError as err:
+        return _error(args, ExitCode.USAGE, str(err), error_code="store_missing")
     except StoreCorruptError as err:
         return _error(args, ExitCode.FAILED, str(err), error_code="store_corrupt")
     except StoreBusyError as err:

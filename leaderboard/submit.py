@@ -4,27 +4,19 @@ and read that commit's date (the ranking's "newest revision")."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from evaluator import errors
 from evaluator.agents import find_agent
-from evaluator.card import front_matter, infer_env_id
+from evaluator.card import infer_env_id
 from evaluator.envs import resolve_env
-from evaluator.hub import MAX_SIDE_FILE_BYTES, hub_errors
+from evaluator.errors import InvalidRepoIdError  # noqa: F401  (re-exported: the one check lives in evaluator.hub)
+from evaluator.hub import MAX_SIDE_FILE_BYTES, check_repo_id, download_file, hub_errors, listed_files, read_card
+from evaluator.text import clean_text
 
 from .store import iso
-
-_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
-_REPO_ID = re.compile(rf"^{_PART}/{_PART}$")
-
-
-class InvalidRepoIdError(errors.EvaluationError, ValueError):
-    """Not a Hub model repo id (`namespace/name`)."""
-
-    code = errors.ErrorCode.REPO_NOT_FOUND
 
 
 @dataclass(frozen=True)
@@ -42,36 +34,27 @@ class Submission:
         return asdict(self)
 
 
-def check_repo_id(repo_id: str) -> str:
-    repo_id = (repo_id or "").strip()
-    if not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id:
-        raise InvalidRepoIdError(
-            f"{repo_id!r} is not a Hub model repo id: expected `namespace/name` (letters, digits, '-', '_', '.'; "
-            "e.g. sb3/ppo-CartPole-v1)")
-    return repo_id
-
-
 def check_submission(repo_id: str, *, revision: str | None = None, env_id: str | None = None,
                      endpoint: str | None = None, token: str | bool | None = None,
                      cache_dir: Path | None = None) -> Submission:
     """Validate a submission (raises evaluator.errors.EvaluationError subclasses: their
     `exit_code` is 3 for a Hub that did not answer, else 1)."""
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi
 
     repo_id = check_repo_id(repo_id)
     api = HfApi(endpoint=endpoint, token=token)
-    with hub_errors(repo_id, revision):
+    with hub_errors(repo_id, revision, endpoint=endpoint):
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
         if getattr(info, "gated", False) and token is False:
             raise errors.GatedRepoError(f"{repo_id} is gated: set HF_TOKEN with access to evaluate it")
-        sizes = {s.rfilename: s.size for s in info.siblings or []}
+        sizes = listed_files(info)
         agent_format, agent_file = find_agent(sorted(sizes), repo_id=repo_id)
         card: dict = {}
         if "README.md" in sizes and (sizes["README.md"] or 0) <= MAX_SIDE_FILE_BYTES:
-            readme = hf_hub_download(repo_id, "README.md", revision=info.sha, endpoint=endpoint, token=token,
-                                     cache_dir=cache_dir)
-            card = front_matter(Path(readme).read_text(encoding="utf-8", errors="replace"))
-    stated = infer_env_id(card, list(info.tags or []), repo_id)
+            readme = download_file(repo_id, "README.md", info.sha, size=sizes["README.md"], limit=MAX_SIDE_FILE_BYTES,
+                                   cache_dir=cache_dir, endpoint=endpoint, token=token)
+            card = read_card(readme)
+    stated = infer_env_id(card, [clean_text(t, 200) for t in info.tags or [] if isinstance(t, str)], repo_id)
     requested = env_id or stated
     if not requested:
         raise errors.UnknownEnvError(

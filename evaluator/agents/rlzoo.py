@@ -32,6 +32,7 @@ from evaluator.errors import (
 )
 from evaluator.restricted_pickle import RecordedOrderedDict, StandIn, restricted_load
 from evaluator.safe_yaml import StrictSafeLoader
+from evaluator.text import clean_tree
 
 MAX_YAML_BYTES = 1024 * 1024
 MAX_PICKLE_BYTES = 8 * 1024 * 1024
@@ -98,7 +99,7 @@ def load_zoo_yaml(text: str | bytes, *, name: str = "config.yml") -> Any:
     if len(text) > MAX_YAML_BYTES:
         raise TooLargeError(f"{name} is {len(text)} bytes (limit {MAX_YAML_BYTES}).")
     try:
-        return yaml.load(text, Loader=ZooYamlLoader)  # noqa: S506 - ZooYamlLoader is a SafeLoader
+        return clean_tree(yaml.load(text, Loader=ZooYamlLoader))  # noqa: S506 - ZooYamlLoader is a SafeLoader
     except EvaluationError as exc:
         raise type(exc)(f"{name}: {exc}", code=exc.code) from exc
     except yaml.YAMLError as exc:

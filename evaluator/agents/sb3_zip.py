@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from evaluator.errors import CorruptFileError, TooLargeError, UnsupportedFormatError
+from evaluator.text import clean_text, clean_tree
 
 MAX_ENTRIES = 64
 MAX_ZIP_BYTES = 512 * 1024 * 1024  # the .zip file itself
@@ -44,7 +45,7 @@ class SB3Zip:
 
 def _clip(name: str, limit: int = 120) -> str:
     """A member name for an error message (zip names may be 64 KB long)."""
-    return repr(name if len(name) <= limit else name[:limit] + "...")
+    return repr(clean_text(name, limit))
 
 
 def _check_member_name(name: str) -> None:
@@ -189,9 +190,9 @@ def read_sb3_zip(path: Path) -> SB3Zip:
         version = None
         if "_stable_baselines3_version" in by_name:
             raw_version = _read_member(zf, by_name["_stable_baselines3_version"], 64)
-            version = raw_version.decode("utf-8", errors="replace").strip() or None
+            version = clean_text(raw_version.decode("utf-8", errors="replace").strip(), 64) or None
     try:
-        data = json.loads(raw_data.decode("utf-8"))
+        data = clean_tree(json.loads(raw_data.decode("utf-8")))  # where the zip's text enters: sanitised
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CorruptFileError(f"The `data` member of {path.name!r} is not valid JSON ({str(exc)[:300]}).") from exc
     if not isinstance(data, dict):

@@ -26,7 +26,6 @@ import signal
 import stat
 import tempfile
 import time
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -38,6 +37,7 @@ from ..agents import CODE_BEARING
 from ..envs import make_env, resolve_env
 from ..job import Job, JobOutcome, describe, recorded_outcome
 from ..runner import N_SLOTS, Rows, run_episodes
+from ..text import clean_text  # the one sanitiser (also used where repo strings enter)
 from . import wire
 from .confine import SNAPSHOT_MOUNT, confinement
 from .limits import mentions_allocation_failure
@@ -79,19 +79,6 @@ def job_timeout(job: Job) -> float:
     if job.video_path:
         budget += steps * REPLAY_STEP_SECONDS
     return budget
-
-
-def clean_text(text: str, limit: int = 2000) -> str:
-    """A player's message as data: no control characters, surrogates or invisible formatting
-    (bidirectional overrides, zero-width characters), bounded."""
-    out = []
-    for ch in text[:limit]:
-        code = ord(ch)
-        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            out.append(ch)
-        else:
-            out.append(f"\\x{code:02x}" if code < 0x100 else "\ufffd")
-    return "".join(out)
 
 
 def _memory_words(text: str) -> bool:
