@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .agents import describe_agent, load_agent
+from .agents import acts_deterministically, describe_agent, load_agent
 from .agents.base import AgentFiles
 from .envs import EnvSpec, make_env, resolve_env
 from .errors import UnsupportedFormatError
@@ -83,6 +83,8 @@ def describe(job: Job) -> tuple[EnvSpec, str, dict[str, Any]]:
             f"the agent was trained with env wrappers {wrappers or ''} / frame stacking "
             f"{details.get('frame_stack') or ''}, which the evaluator does not apply yet: "
             "scoring it without them would be wrong")
+    # Determinism is a property of (env family, format): the course samples REINFORCE and CleanRL actions.
+    spec = replace(spec, deterministic=acts_deterministically(spec.deterministic, job.agent_format))
     return spec, algo, details
 
 

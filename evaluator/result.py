@@ -49,6 +49,7 @@ class EvalResult:
     iqm: float | None = None
     ci95: list[float] | None = None
     ranked: bool = False
+    deterministic: bool | None = None  # greedy actions, or sampled per episode (extension of the DESIGN schema)
     notes: list[str] = field(default_factory=list)  # e.g. known env drift (extension of the DESIGN schema)
     # claim
     claim: ClaimResult = field(default_factory=ClaimResult)

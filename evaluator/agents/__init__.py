@@ -14,24 +14,42 @@ from collections.abc import Iterable
 import gymnasium as gym
 
 from evaluator.agents.base import AgentFiles, FormatLoader, LoadedAgent
+from evaluator.agents.course_detect import MODEL_PT, PENDING, QLEARNING_FILE, settle
 from evaluator.errors import NoAgentError, UnsupportedFormatError
 
-__all__ = ["CODE_BEARING", "FORMATS", "AgentFiles", "LoadedAgent", "describe_agent", "find_agent", "get_loader",
-           "load_agent"]
+__all__ = ["CODE_BEARING", "FORMATS", "STOCHASTIC_FORMATS", "SUPPORTED_FORMATS", "AgentFiles", "LoadedAgent",
+           "acts_deterministically", "describe_agent", "find_agent", "get_loader", "load_agent", "settle"]
 
 # format name -> "module:function" (a FormatLoader). "torchscript" (agent.pt) is code: its loader
-# refuses to run outside a sandbox process (evaluator.sandbox). Planned: "qtable" (q-learning.pkl
-# through a restricted unpickler).
+# refuses to run outside a sandbox process (evaluator.sandbox). The course's own formats:
+# "qlearning" (q-learning.pkl), "reinforce" (a pickled Policy module), "cleanrl_ppo" (a state dict).
 FORMATS: dict[str, str] = {
     "sb3": "evaluator.agents.sb3:load_sb3",
     "torchscript": "evaluator.agents.torchscript:load_torchscript",
+    "qlearning": "evaluator.agents.qlearning:load_qlearning",
+    "reinforce": "evaluator.agents.reinforce:load_reinforce",
+    "cleanrl_ppo": "evaluator.agents.cleanrl:load_cleanrl",
 }
+SUPPORTED_FORMATS: frozenset[str] = frozenset(FORMATS)
+
+# Formats whose course evaluation samples its actions (REINFORCE's `Categorical(probs).sample()`,
+# CleanRL's `get_action_and_value`): determinism is a property of (env family, format).
+STOCHASTIC_FORMATS: frozenset[str] = frozenset({"reinforce", "cleanrl_ppo"})
+
+
+def acts_deterministically(family_deterministic: bool, format_name: str) -> bool:
+    """Whether the protocol asks `format_name` for deterministic actions in an env family whose
+    convention is `family_deterministic` (DESIGN.md, protocol)."""
+    return family_deterministic and format_name not in STOCHASTIC_FORMATS
 
 # format name -> "module:function" giving (algo, details) from the files, read as data on the
 # trusted side (the referee): what the result records never comes from the player.
 DESCRIBERS: dict[str, str] = {
     "sb3": "evaluator.agents.sb3_identity:describe_sb3",
     "torchscript": "evaluator.agents.torchscript:describe_torchscript",
+    "qlearning": "evaluator.agents.course_detect:describe_qlearning",
+    "reinforce": "evaluator.agents.course_detect:describe_reinforce",
+    "cleanrl_ppo": "evaluator.agents.course_detect:describe_cleanrl",
 }
 
 # Formats whose files are code (run by the format's own interpreter): played only under the
@@ -39,9 +57,8 @@ DESCRIBERS: dict[str, str] = {
 CODE_BEARING: frozenset[str] = frozenset({"torchscript"})
 
 TORCHSCRIPT_FILE = "agent.pt"  # the Open RL Leaderboard's name, at the repo's top level
-
-# Files that name a format we know of but do not load yet: a clearer error than "no agent".
-_PLANNED = {"q-learning.pkl": "qtable"}
+# The course's files, at the repo's top level: format (PENDING: decided by `settle` from the bytes)
+_COURSE_FILES = {QLEARNING_FILE: "qlearning", MODEL_PT: PENDING}
 
 _KNOWN_ALGOS = ("ppo", "a2c", "dqn", "sac", "td3", "ddpg", "qrdqn", "tqc", "trpo", "ars")
 _ALGO_ENV_NAME = re.compile(rf"^({'|'.join(_KNOWN_ALGOS)})-.+\.zip$", re.IGNORECASE)
@@ -76,7 +93,8 @@ def find_agent(filenames: Iterable[str], *, repo_id: str | None = None) -> tuple
 
     An SB3 agent is a top-level `.zip`; with several, the one named like the repo, else the one
     named `{algo}-{env}.zip`, else the only one that is not a replay/buffer/log archive. Without
-    one, a top-level `agent.pt` is a TorchScript agent."""
+    one, a top-level `agent.pt` is a TorchScript agent, a `q-learning.pkl` a course Q-table and a
+    `model.pt` a course REINFORCE or CleanRL agent (`PENDING` until `settle` reads its opcodes)."""
     names = sorted({str(f).removeprefix("./") for f in filenames})
     repo_name = repo_id.rsplit("/", 1)[-1] if repo_id else None
     agent_zip = _sb3_candidate(names, repo_name)
@@ -84,18 +102,15 @@ def find_agent(filenames: Iterable[str], *, repo_id: str | None = None) -> tuple
         return "sb3", agent_zip
     if TORCHSCRIPT_FILE in names:
         return "torchscript", TORCHSCRIPT_FILE
-    for name in names:
-        planned = _PLANNED.get(name.rsplit("/", 1)[-1])
-        if planned:
-            raise UnsupportedFormatError(
-                f"The repo holds {name}, a {planned!r} agent: that format is not supported yet "
-                f"(supported: {', '.join(sorted(FORMATS))})."
-            )
+    for name, format_name in _COURSE_FILES.items():
+        if name in names:
+            return format_name, name
     nested = [n for n in names if n.lower().endswith(".zip")]
     hint = f" (zips found only in sub-folders: {', '.join(nested[:5])})" if nested else ""
     raise NoAgentError(
         "No agent found in the repo: expected a Stable-Baselines3 `.zip` at its top level, as "
-        f"written by `model.save()` / `package_to_hub`{hint}. Files: {', '.join(names[:20]) or 'none'}."
+        f"written by `model.save()` / `package_to_hub`{hint}, or the course's `q-learning.pkl` / "
+        f"`model.pt`. Files: {', '.join(names[:20]) or 'none'}."
     )
 
 

@@ -46,6 +46,9 @@ def _preload() -> None:
     import numpy  # noqa: F401
     import torch
 
+    import evaluator.agents.cleanrl  # noqa: F401
+    import evaluator.agents.qlearning  # noqa: F401
+    import evaluator.agents.reinforce  # noqa: F401
     import evaluator.agents.sb3  # noqa: F401
     import evaluator.agents.torchscript  # noqa: F401
     import evaluator.envs  # noqa: F401

@@ -185,8 +185,7 @@ def test_find_agent_errors_say_what_is_expected() -> None:
         find_agent(["README.md", "sub/ppo-CartPole-v1.zip"])
     with pytest.raises(NoAgentError, match="several"):
         find_agent(["a.zip", "b.zip"])
-    with pytest.raises(UnsupportedFormatError, match="qtable"):
-        find_agent(["q-learning.pkl", "README.md"])
+    assert find_agent(["q-learning.pkl", "README.md"]) == ("qlearning", "q-learning.pkl")
     with pytest.raises(UnsupportedFormatError, match="Unknown agent format"):
         load_agent("pickle", AgentFiles(Path("."), "x"), gym.spaces.Discrete(2), gym.spaces.Discrete(2))
 

@@ -213,7 +213,7 @@ def _corpus(zip_bytes: bytes, marker: Path, secret: Path) -> dict[str, tuple[dic
                         "invalid_weights", "NaN", {}),
         "vec-normalize-payload": ({sb3: zip_bytes, "vec_normalize.pkl": _payload(marker)}, "unsafe_content",
                                   "allowlist", {}),
-        "q-learning-payload": ({"q-learning.pkl": _payload(marker)}, "unsupported_format", "qtable", {}),
+        "q-learning-payload": ({"q-learning.pkl": _payload(marker)}, "unsafe_content", "allowlist", {}),
         "config-yml-os-system": ({sb3: zip_bytes,
                                   "config.yml": f"!!python/object/apply:os.system ['touch {marker}']\n"},
                                  "unsafe_content", "", {}),

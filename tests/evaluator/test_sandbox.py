@@ -195,8 +195,8 @@ def _torchscript_folder(tmp_path: Path) -> Path:
 def test_find_agent_knows_torchscript_and_qtable():
     assert find_agent(["README.md", "agent.pt"]) == ("torchscript", "agent.pt")
     assert find_agent(["agent.pt", "ppo-CartPole-v1.zip"])[0] == "sb3"
-    with pytest.raises(errors.UnsupportedFormatError, match="qtable"):
-        find_agent(["README.md", "q-learning.pkl"])
+    assert find_agent(["README.md", "q-learning.pkl"]) == ("qlearning", "q-learning.pkl")
+    assert find_agent(["README.md", "model.pt"]) == ("torch_pickle", "model.pt")  # kind decided by its opcodes
 
 
 def test_torchscript_is_refused_outside_a_player(tmp_path, monkeypatch):
