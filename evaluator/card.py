@@ -13,23 +13,32 @@ import yaml
 
 from .envs import resolve_env, supported_env_ids
 from .errors import EvaluationError, UnknownEnvError
-from .safe_yaml import StrictSafeLoader
+from .safe_yaml import StrictSafeLoader, check_structure
+from .text import clean_text, clean_tree
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _CLAIM = re.compile(rf"^\s*(?:mean_reward\s*[:=]\s*)?({_NUMBER})\s*(?:(?:\+/-|\+-|±|\+/−)\s*({_NUMBER}))?\s*$")
-MAX_CARD_CHARS = 200_000
+MAX_CARD_CHARS = 200_000  # of the README read at all
+MAX_FRONT_MATTER_CHARS = 64_000  # course and RL Zoo cards hold 1 to 5 KB of metadata
 MAX_CLAIMED_EPISODES = 10_000_000  # more is not a real evaluation (and would overflow int64 columns)
 
 
 @dataclass(frozen=True)
 class Claim:
-    mean_reward: float
+    mean_reward: float | None  # None: the card states a number that does not fit a float (`note` says)
     std_reward: float | None
     env_id: str | None  # the env the claim is for, as the card states it
+    note: str | None = None
+
+
+class _Unfit(ValueError):
+    """A claimed number that does not fit a float (a 400-digit integer, `1e400`)."""
 
 
 def front_matter(readme: str) -> dict:
-    """The card's YAML metadata block, or {} when absent, malformed or hostile."""
+    """The card's YAML metadata block, or {} when absent, malformed or hostile. Bounded by size
+    and structure before parsing (safe_yaml), and every string in it sanitised (evaluator.text):
+    this is where card text enters."""
     text = readme[:MAX_CARD_CHARS]
     if not text.startswith("---"):
         return {}
@@ -37,27 +46,40 @@ def front_matter(readme: str) -> dict:
     if end < 0:
         return {}
     try:
+        check_structure(text[3:end], max_chars=MAX_FRONT_MATTER_CHARS)
         data = yaml.load(text[3:end], Loader=StrictSafeLoader)  # noqa: S506  # safe: SafeLoader subclass
-    except (yaml.YAMLError, EvaluationError, ValueError, TypeError, AttributeError, RecursionError):
+    except (yaml.YAMLError, EvaluationError, ArithmeticError, ValueError, TypeError, AttributeError, RecursionError):
         return {}  # cards are parsed in the calling process: a hostile one is simply no claim
-    return data if isinstance(data, dict) else {}
+    return clean_tree(data) if isinstance(data, dict) else {}
+
+
+def _to_float(value: int | float | str) -> float:
+    """A finite float, or _Unfit when the number does not fit one."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Unfit(value) from None
+    if not math.isfinite(number):
+        raise _Unfit(value)
+    return number
 
 
 def parse_claim_value(value) -> tuple[float, float | None] | None:
-    """`"248.58 +/- 18.59"`, `"248.58"`, `248.58`, `"248.58 ± 18.59"` -> (mean, std or None)."""
+    """`"248.58 +/- 18.59"`, `"248.58"`, `248.58`, `"248.58 ± 18.59"` -> (mean, std or None).
+    None when it does not parse; _Unfit when it parses to a number no float holds."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
     if isinstance(value, (int, float)):
-        return (float(value), None) if math.isfinite(value) else None
-    if not isinstance(value, str):
+        return _to_float(value), None
+    if not isinstance(value, str) or len(value) > 1000:
         return None
     match = _CLAIM.match(value)
     if not match:
         return None
-    mean = float(match.group(1))
-    std = float(match.group(2)) if match.group(2) is not None else None
-    if not math.isfinite(mean) or (std is not None and not math.isfinite(std)):
-        return None
+    mean = _to_float(match.group(1))
+    std = _to_float(match.group(2)) if match.group(2) is not None else None
     return mean, (abs(std) if std is not None else None)
 
 
@@ -93,7 +115,12 @@ def parse_claim(meta: dict) -> Claim | None:
             continue
         ordered = sorted((m for m in metrics if isinstance(m, dict)), key=lambda m: not _is_mean_reward(m))
         for metric in ordered:
-            parsed = parse_claim_value(metric.get("value"))
+            try:
+                parsed = parse_claim_value(metric.get("value"))
+            except _Unfit as unfit:
+                shown = clean_text(str(unfit.args[0]) if unfit.args else "?", 40)
+                return Claim(None, None, _dataset_env(result), note=(
+                    f"the card claims {shown}, a number that does not fit a float: treated as no claim (absent)"))
             if parsed is not None:
                 return Claim(parsed[0], parsed[1], _dataset_env(result))
     return None

@@ -16,7 +16,7 @@ from . import errors, provenance
 from .agents import CODE_BEARING
 from .drift import drift_notes
 from .envs import resolve_env
-from .hub import RepoSnapshot, fetch
+from .hub import RepoSnapshot, check_repo_id, fetch
 from .job import Job, JobOutcome
 from .result import STATUS_FAILED, STATUS_FINISHED, ClaimResult, EvalResult
 from .runner import (
@@ -28,6 +28,7 @@ from .runner import (
     public_seeds,
 )
 from .stats import DEFAULT_CLAIMED_N, claim_verdict, summarize
+from .text import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def evaluate(repo_id: str, *, revision: str | None = None, env_id: str | None = 
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     snapshot: RepoSnapshot | None = None
     try:
+        repo_id = result.repo_id = check_repo_id(repo_id)
         snapshot = fetch(repo_id, revision, cache_dir=cache_dir, endpoint=endpoint, token=token)
         result.revision, result.format = snapshot.sha, snapshot.agent_format
         result.algo = snapshot.algo
@@ -156,8 +158,23 @@ def evaluate(repo_id: str, *, revision: str | None = None, env_id: str | None = 
         log.exception("internal error while evaluating %s", repo_id)
         _fail(result, errors.ErrorCode.INTERNAL, f"internal error ({type(err).__name__}: {err}); please report it")
     result.claim = _claim(result, snapshot)
+    _clean_strings(result)
     result.evaluated_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     return result
+
+
+def _clean_strings(result: EvalResult) -> None:
+    """The result's free-text fields through the one sanitiser (evaluator.text), whatever path a
+    repo's text took to get there: strings are sanitised where they enter (card, file names, zip
+    fields, pickled names, player messages); this makes the guarantee hold for the result as a
+    whole (clean_text is idempotent: clean text passes unchanged)."""
+    for name in ("repo_id", "env_id", "algo", "error", "video_error"):
+        value = getattr(result, name)
+        if isinstance(value, str):
+            setattr(result, name, clean_text(value, 200 if name != "error" else 4000))
+    result.notes = [clean_text(note, 1000) for note in result.notes]
+    if isinstance(result.claim.env_id, str):
+        result.claim.env_id = clean_text(result.claim.env_id, 200)
 
 
 def _fail(result: EvalResult, code: errors.ErrorCode, message: str) -> None:
@@ -179,16 +196,27 @@ def _claim(result: EvalResult, snapshot: RepoSnapshot | None) -> ClaimResult:
     claim = snapshot.claim if snapshot else None
     if claim is None:
         return ClaimResult(verdict="absent")
+    if claim.mean_reward is None:  # a number no float holds: no claim, and the result says why
+        if claim.note:
+            result.notes = [*result.notes, claim.note]
+        return ClaimResult(verdict="absent", env_id=claim.env_id)
     n_claimed = snapshot.claimed_episodes or DEFAULT_CLAIMED_N
     same_env = claim.env_id is None or (result.env_key is not None and _env_key(claim.env_id) == result.env_key)
+    claim_spec = _spec(result.env_key or claim.env_id or snapshot.env_id)
     verdict = claim_verdict(
         result.mean_reward, result.std_reward, result.n_episodes, claim.mean_reward, claim.std_reward,
-        n_claimed, failed=result.status != STATUS_FINISHED, same_env=same_env)
+        n_claimed, failed=result.status != STATUS_FINISHED, same_env=same_env,
+        bounds=claim_spec.return_bounds if claim_spec else None)
     return ClaimResult(claim.mean_reward, claim.std_reward, n_claimed, verdict, claim.env_id)
 
 
-def _env_key(env_id: str) -> str | None:
+def _spec(env_id: str | None):
     try:
-        return resolve_env(env_id).env_key
+        return resolve_env(env_id) if env_id else None
     except errors.UnknownEnvError:
         return None
+
+
+def _env_key(env_id: str) -> str | None:
+    spec = _spec(env_id)
+    return spec.env_key if spec else None
