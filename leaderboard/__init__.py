@@ -8,5 +8,16 @@ connections, errors, backups), `rows` (the row schema, EvalResult <-> row <-> Da
 (the rule and its maintained table), `replays` (replay files and their disk cap), `migrate`
 (from the parquet store of the previous version), `queue` (requests), `submit` (validate a repo
 id before queueing), `worker` (queue workers), `progress` (their report), `publish` (the Hub
-dataset), `export` (files for analysis), `__main__` (the CLI).
+dataset), `export` (files for analysis), `units` (the course's units), `certify` (course
+certification on verified scores: `leaderboard.certification(user)`), `__main__` (the CLI).
 """
+
+
+def __getattr__(name: str):
+    """`leaderboard.certification(user, store=None)`, imported on first use (importing the
+    package stays free of pandas and SQLite)."""
+    if name == "certification":
+        from .certify import certification
+
+        return certification
+    raise AttributeError(f"module 'leaderboard' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """`python -m leaderboard COMMAND`: submit, worker, show, requests, remove, export, publish,
-backup, restore (parse, call, print).
+certify, backup, restore (parse, call, print).
 
 Every command takes `--store DIR` (default: $RL_LEADERBOARD_STORE or
 ~/.local/share/rl-leaderboard) and `--endpoint URL` (default: HF_ENDPOINT, else the Hub).
@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", parents=[common, hub], help="publish the store to its Hub dataset once")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
+
+    p = sub.add_parser("certify", parents=[common], help="the course units a user passed, on verified scores")
+    p.add_argument("user", help="Hub username (the namespace of their repos)")
+    p.add_argument("--json", action="store_true", help="one JSON document: the units and the summary")
 
     sub.add_parser("backup", parents=[common], help="back the database up now (backups/leaderboard.sqlite3)")
     sub.add_parser("restore", parents=[common], help="replace a damaged database with its last backup")
@@ -371,6 +375,30 @@ def cmd_publish(args) -> int:
     return ExitCode.OK
 
 
+def cmd_certify(args) -> int:
+    from .certify import certification, summary
+
+    try:
+        frame = certification(args.user, _store(args))
+    except ValueError as err:
+        return _error(args, ExitCode.USAGE, str(err), error_code="invalid_user")
+    totals = summary(frame)
+    if args.json:
+        records = json.loads(frame.to_json(orient="records"))
+        print(json.dumps({"user": args.user, **totals, "parts": records}))
+        return ExitCode.OK
+    for row in frame.itertuples():
+        state = "PASSED" if row.passed else "not verifiable" if not row.verifiable else "not passed"
+        threshold = "-" if row.threshold is None or row.threshold != row.threshold else f">= {row.threshold:g}"
+        best = "" if row.best_score is None or row.best_score != row.best_score else f" best {row.best_score:.2f}"
+        evidence = f" ({row.repo_id} @ {str(row.revision)[:10]})" if row.repo_id else ""
+        why = f": {row.reason}" if row.reason and not row.passed else ""
+        print(f"{row.unit:<14} {row.env_id:<30} {threshold:<10} {state}{best}{evidence}{why}")
+    print(f"{args.user}: {totals['passed']} of {totals['units']} units passed on verified scores "
+          f"({totals['verifiable']} verifiable here)")
+    return ExitCode.OK
+
+
 def cmd_backup(args) -> int:
     print(f"backed up to {_store(args).backup()}")
     return ExitCode.OK
@@ -384,8 +412,8 @@ def cmd_restore(args) -> int:
 
 
 COMMANDS = {"submit": cmd_submit, "worker": cmd_worker, "show": cmd_show, "requests": cmd_requests,
-            "remove": cmd_remove, "export": cmd_export, "publish": cmd_publish, "backup": cmd_backup,
-            "restore": cmd_restore}
+            "remove": cmd_remove, "export": cmd_export, "publish": cmd_publish, "certify": cmd_certify,
+            "backup": cmd_backup, "restore": cmd_restore}
 
 
 def main(argv: list[str] | None = None) -> int:

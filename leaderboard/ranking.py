@@ -218,5 +218,27 @@ def count(db: sqlite3.Connection, env_key: str | None = None, *, search: str | N
     return db.execute(f"SELECT COUNT(*) FROM ranking{where}", args).fetchone()[0]
 
 
+def entry(db: sqlite3.Connection, env_key: str, repo_id: str) -> tuple[int, int, str | None] | None:
+    """(seq, rank, commit date) of one repo's entry in one env's ranking; None when unranked."""
+    found = db.execute("SELECT seq, score, mean_reward, commit_date FROM ranking WHERE env_key = ? AND repo_id = ?",
+                       (env_key, repo_id)).fetchone()
+    if found is None:
+        return None
+    seq, score, mean, commit_date = found
+    return seq, _place(db, env_key, score, mean, repo_id), commit_date
+
+
+def scores(db: sqlite3.Connection, env_key: str) -> list[float]:
+    """Every ranked score of one env (its distribution across agents), best first."""
+    return [r[0] for r in db.execute("SELECT score FROM ranking WHERE env_key = ? ORDER BY score DESC", (env_key,))]
+
+
+def algos(db: sqlite3.Connection, env_key: str | None = None) -> list[str]:
+    """The algorithms ranked (in one env), lower-cased: the choices of an algorithm filter."""
+    where, args = ("WHERE env_key = ?", [env_key]) if env_key else ("", [])
+    return [r[0] for r in db.execute(f"SELECT DISTINCT lower(algo) FROM ranking {where} ORDER BY 1", args)
+            if r[0] is not None]
+
+
 def env_keys(db: sqlite3.Connection) -> list[str]:
     return [r[0] for r in db.execute("SELECT DISTINCT env_key FROM ranking ORDER BY env_key")]

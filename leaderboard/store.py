@@ -204,6 +204,26 @@ class Store:
         with self.database.read() as db:
             return rk.count(db, env_key, search=search, algo=algo, verdict=verdict)
 
+    def entry(self, env_key: str, repo_id: str) -> dict[str, Any] | None:
+        """One repo's ranked entry in one env (every history column, `rank`); None if unranked."""
+        with self.database.read() as db:
+            found = rk.entry(db, env_key, repo_id)
+            if found is None:
+                return None
+            row = hist.by_seq(db, [found[0]])[0]
+        row["rank"], row["commit_date"] = found[1], from_micros(found[2])
+        return row
+
+    def scores(self, env_key: str) -> list[float]:
+        """Every ranked score of one env, best first (the distribution a row is shown against)."""
+        with self.database.read() as db:
+            return rk.scores(db, env_key)
+
+    def algos(self, env_key: str | None = None) -> list[str]:
+        """The algorithms ranked (in one env), lower-cased."""
+        with self.database.read() as db:
+            return rk.algos(db, env_key)
+
     def env_keys(self) -> list[str]:
         """The env keys that have a ranking."""
         with self.database.read() as db:
