@@ -60,6 +60,14 @@ def frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> ArrayRecord:
     return record
 
 
+def latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
+    """`_codecs.encode` as protocol 2 uses it to pickle bytes (an array's raw data, a scalar's
+    value): a str and the latin-1 codec in, bytes out, nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise CorruptFileError("the pickle encodes something other than a byte string.")
+    return text.encode("latin1")
+
+
 _MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
 _NUMERIC = ("numpy.core.numeric", "numpy._core.numeric")
 NUMPY_ALLOWLIST: dict[tuple[str, str], Any] = {
@@ -68,6 +76,7 @@ NUMPY_ALLOWLIST: dict[tuple[str, str], Any] = {
     **{(module, "_reconstruct"): reconstruct for module in _MULTIARRAY},
     **{(module, "scalar"): ScalarRecord for module in _MULTIARRAY},
     **{(module, "_frombuffer"): frombuffer for module in _NUMERIC},
+    ("_codecs", "encode"): latin1_bytes,
 }
 
 

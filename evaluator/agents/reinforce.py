@@ -37,19 +37,12 @@ class LinearRecord(StandIn):
     """Stands for `torch.nn.Linear`."""
 
 
-def latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
-    """`_codecs.encode`, as protocol 2 pickles bytes (a numpy scalar's raw value): str -> bytes only."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or len(text) > 64:
-        raise CorruptFileError(f"{WHAT} encodes something other than a short byte string.")
-    return text.encode("latin1")
-
-
-# Numpy scalars and `_codecs.encode` too: the notebook builds `nn.Linear(h_size, env.action_space.n)`,
-# and gymnasium's `n` is a numpy int, pickled into the layer's `out_features`.
+# Numpy scalars (and `_codecs.encode`, protocol 2's bytes) too: the notebook builds
+# `nn.Linear(h_size, env.action_space.n)`, and gymnasium's `n` is a numpy int, pickled into the
+# layer's `out_features`.
 ALLOWLIST: dict[tuple[str, str], Any] = {
     **TENSOR_ALLOWLIST,
-    **{key: value for key, value in NUMPY_ALLOWLIST.items() if key[1] in ("scalar", "dtype")},
-    ("_codecs", "encode"): latin1_bytes,
+    **{key: value for key, value in NUMPY_ALLOWLIST.items() if key[1] in ("scalar", "dtype", "encode")},
     ("__main__", "Policy"): PolicyRecord,
     ("torch.nn.modules.linear", "Linear"): LinearRecord,
     ("builtins", "set"): set,
