@@ -289,6 +289,18 @@ def load_state_dict_bytes(raw: bytes, *, check_values: bool = True) -> dict[str,
     return state
 
 
+# sb3-contrib < 2.0's ARSLinearPolicy held a bare Linear as `action_net` (Box and Discrete alike);
+# the current class wraps it in a Sequential. Same weights, other names.
+_LEGACY_ARS_KEYS = {"action_net.weight": "action_net.0.weight", "action_net.bias": "action_net.0.bias"}
+
+
+def legacy_key_names(family: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the names of older library versions mapped to the current ones."""
+    if family != "ars" or not any(k in state for k in _LEGACY_ARS_KEYS):
+        return state
+    return {_LEGACY_ARS_KEYS.get(k, k): v for k, v in state.items()}
+
+
 def fit_state_dict(policy: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Check names and shapes against the rebuilt module before copying anything.
 
@@ -406,7 +418,7 @@ def load_sb3(files: AgentFiles, observation_space: gym.Space, action_space: gym.
             f"The policy the zip describes would have about {count:,} parameters "
             f"(limit {MAX_POLICY_PARAMS:,}); refused before allocating it."
         )
-    state = load_state_dict_bytes(saved.policy_pth, check_values=False)
+    state = legacy_key_names(spec.family, load_state_dict_bytes(saved.policy_pth, check_values=False))
     if (
         spec.family == "actor_critic"
         and isinstance(net_arch, NetArch)
