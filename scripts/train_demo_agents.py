@@ -10,6 +10,11 @@ After saving, every agent is reloaded from its zip and scored with a plain loop 
 episodes (``env.reset(seed=i)`` for i in 0..49, deterministic actions); that honest figure is
 printed next to the card's claim together with the leaderboard's claim verdict.
 
+The Deep RL course's own formats (a FrozenLake and a Taxi Q-table, a REINFORCE CartPole module,
+a CleanRL LunarLander PPO state dict) are trained and packaged by ``scripts/course_agents.py``
+the way the course notebooks push them, in seconds each, with fixed seeds (``COURSE_AGENTS``);
+the CleanRL one over-claims.
+
 Usage:
     python scripts/train_demo_agents.py [--out demo_hub] [--only NAME ...]
 
@@ -28,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import course_agents as ca
 import gymnasium as gym
 import numpy as np
 import torch
@@ -275,6 +281,69 @@ AGENTS: tuple[Agent, ...] = (
 )
 
 
+# --------------------------------------------------------------------------- the course's formats
+
+
+@dataclass(frozen=True)
+class CourseAgent:
+    """A demo repo in one of the course's own formats: `build(folder)` trains and packages it."""
+
+    name: str
+    user: str
+    repo: str
+    build: Callable[[Path], Path]
+
+    @property
+    def repo_id(self) -> str:
+        return f"{self.user}/{self.repo}"
+
+
+def build_q_frozenlake(folder: Path) -> Path:
+    env = ca.make_qlearning_env("FrozenLake-v1", "4x4", False)
+    table = ca.train_qtable(env, 2000, seed=11)
+    return ca.package_qlearning(folder, env_id="FrozenLake-v1", map_name="4x4", slippery=False, table=table,
+                                n_training_episodes=2000, repo_name="q-FrozenLake-v1-4x4-noSlippery")
+
+
+def build_q_taxi(folder: Path) -> Path:
+    table = ca.train_qtable(ca.make_qlearning_env("Taxi-v3"), 8000, seed=12)
+    seeds = [int(s) for s in np.random.default_rng(12).integers(0, 10_000, 100)]  # the course's eval_seed list
+    return ca.package_qlearning(folder, env_id="Taxi-v3", table=table, n_training_episodes=8000, eval_seed=seeds,
+                                repo_name="q-Taxi-v3")
+
+
+def build_reinforce(folder: Path) -> Path:
+    policy = ca.train_reinforce("CartPole-v1", seed=13, h_size=16, n_episodes=150)
+    return ca.package_reinforce(folder, policy, env_id="CartPole-v1", h_size=16, n_training_episodes=150,
+                                repo_name="Reinforce-CartPole-v1")
+
+
+def build_cleanrl_overclaimer(folder: Path) -> Path:
+    agent = ca.train_cleanrl("LunarLander-v2", seed=14, updates=4)
+    return ca.package_cleanrl(folder, agent, env_id="LunarLander-v2", forged=(250.0, 15.0),
+                              repo_name="ppo-LunarLander-v2")
+
+
+COURSE_AGENTS: tuple[CourseAgent, ...] = (
+    CourseAgent("q-frozenlake", "mei-tanaka", "q-FrozenLake-v1-4x4-noSlippery", build_q_frozenlake),
+    CourseAgent("q-taxi", "mei-tanaka", "q-Taxi-v3", build_q_taxi),
+    CourseAgent("reinforce-cartpole", "olu-ade", "Reinforce-CartPole-v1", build_reinforce),
+    CourseAgent("cleanrl-lunarlander", "quick-win", "ppo-LunarLander-v2", build_cleanrl_overclaimer),
+)
+
+
+def build_course_agent(agent: CourseAgent, out: Path) -> str:
+    """Train and package one course-format repo; its summary line."""
+    log(f"training {agent.repo_id} (course format)")
+    started = time.perf_counter()
+    folder = agent.build(out / agent.user / agent.repo)
+    seconds = time.perf_counter() - started
+    results = json.loads((folder / "results.json").read_text())
+    log(f"  {agent.repo_id}: course evaluation {results['mean_reward']:.2f} in {seconds:.0f} s")
+    mean = results["mean_reward"]
+    return f"| {agent.repo_id} | course format | {mean:.2f} (course evaluate_agent) | {seconds:.0f} s |"
+
+
 # --------------------------------------------------------------------------- packaging
 
 
@@ -374,9 +443,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=[agent.name for agent in AGENTS],
+        choices=[agent.name for agent in (*AGENTS, *COURSE_AGENTS)],
         metavar="NAME",
-        help=f"train only this agent (repeatable): {', '.join(agent.name for agent in AGENTS)}",
+        help=f"train only this agent (repeatable): {', '.join(a.name for a in (*AGENTS, *COURSE_AGENTS))}",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -399,6 +468,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{returns.mean():.2f} +/- {returns.std():.2f} | {claim_verdict(claimed, returns)} | "
             f"{model.num_timesteps} | {minutes:.1f} min | {size_kb:.0f} KB |"
         )
+
+    for course_agent in COURSE_AGENTS:
+        if not args.only or course_agent.name in args.only:
+            summary.append(build_course_agent(course_agent, args.out))
 
     print("\n| repo | card claim (10 ep) | measured (50 ep, seeds 0..49) | verdict | steps | train time | zip |")
     print("|---|---|---|---|---|---|---|")

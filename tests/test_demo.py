@@ -30,6 +30,7 @@ def test_demo_ranks_every_repo_and_flags_the_over_claimer(tmp_path):
     assert set(rows) == repos
     verdicts = {repo: row["claim"]["verdict"] for repo, row in rows.items()}
     assert verdicts.pop("hype-master/ppo-CartPole-v1-perfect") == "inflated"
+    assert verdicts.pop("quick-win/ppo-LunarLander-v2") == "inflated"  # the course-format over-claimer
     assert set(verdicts.values()) == {"consistent"}, verdicts
     assert rows["kenji-rl/ppo-LunarLander-v3"]["score"] >= 200
     assert all(row["video"] and (tmp_path / "store" / row["video"]).stat().st_size > 0 for row in rows.values())
