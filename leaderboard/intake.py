@@ -82,17 +82,25 @@ def _check(repo_id: str, env_id: str | None, endpoint: str | None, token: Any):
 
 
 def submit_to_store(store: Store, repo_id: str, env_id: str | None = None, *, submitter: str,
-                    endpoint: str | None = None, token: Any = False, limit: int = RATE_LIMIT,
-                    window: float = RATE_WINDOW_SECONDS) -> Outcome:
+                    endpoint: str | None = None, token: Any = None, limiter: MemoryRateLimit | None = None,
+                    limit: int = RATE_LIMIT, window: float = RATE_WINDOW_SECONDS) -> Outcome:
+    """Queue a checked submission. The rate counts the submitter's requests in the queue (kept
+    across restarts) and, with `limiter`, every attempt this process checked (duplicates and
+    refusals cost Hub calls too)."""
     repo_id, env_id = (repo_id or "").strip(), (env_id or "").strip() or None
     submitter = clean_text(submitter, limit=120) or "anonymous"
     try:
         check_repo_id(repo_id)
     except InvalidRepoIdError as err:
         return Outcome(False, str(err))
-    queue = store.queue()
-    if queue.submitted_since(submitter, time.time() - window) >= limit:
+    queue, now = store.queue(), time.time()
+    if limiter is not None:
+        limit, window = limiter.limit, limiter.window
+    attempts = limiter.count(submitter, now) if limiter is not None else 0
+    if max(attempts, queue.submitted_since(submitter, now - window)) >= limit:
         return Outcome(False, _rate_message(limit, window))
+    if limiter is not None:
+        limiter.add(submitter, now)
     found, reason = _check(repo_id, env_id, endpoint, token)
     if found is None:
         return Outcome(False, reason)
@@ -123,6 +131,7 @@ def submit_to_dataset(dataset_id: str, repo_id: str, env_id: str | None = None, 
     now = time.time()
     if limiter.count(submitter, now) >= limiter.limit:
         return Outcome(False, _rate_message(limiter.limit, limiter.window))
+    limiter.add(submitter, now)
     found, reason = _check(repo_id, env_id, endpoint, token)
     if found is None:
         return Outcome(False, reason)
@@ -135,7 +144,6 @@ def submit_to_dataset(dataset_id: str, repo_id: str, env_id: str | None = None, 
     except Exception as err:  # any failure of the write is reported, never raised into the app
         return Outcome(False, f"could not write the request to {dataset_id} ({type(err).__name__}: "
                               f"{clean_text(str(err), limit=200)}); nothing was queued, try again later")
-    limiter.add(submitter, now)
     request = {**body, "status": "submitted", "file": name, "env_key": found.env_key}
     return Outcome(True, f"request written to {dataset_id}/{name}: {found.repo_id} @ {found.revision[:10]} on "
                          f"{found.env_key}; the head queues it at its next sync", request)

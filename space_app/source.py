@@ -87,6 +87,7 @@ class StoreSource:
         self.store = Store(root)
         self.endpoint, self.token = endpoint, token
         self.guard = Guarded()
+        self.limiter = MemoryRateLimit()
         self.where = str(root)
 
     def env_keys(self) -> list[str]:
@@ -131,7 +132,7 @@ class StoreSource:
     def submit(self, repo_id: str, env_id: str | None, submitter: str) -> Outcome:
         try:
             return submit_to_store(self.store, repo_id, env_id, submitter=submitter, endpoint=self.endpoint,
-                                   token=self.token)
+                                   token=self.token, limiter=self.limiter)
         except Exception as err:  # a store that cannot be written: say so, keep serving
             return Outcome(False, f"the request could not be queued ({type(err).__name__}: "
                                   f"{clean_text(str(err), limit=200)}); try again later")

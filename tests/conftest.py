@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,3 +28,14 @@ def zoo_root() -> Path:
     if not (ZOO / "sb3").is_dir():
         pytest.skip("../shared/agents/zoo is absent (a fresh checkout has no ../shared)")
     return ZOO
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`scripts/demo.py --once` run once per session: (its store, the finished process). The demo
+    hub's repos submitted, evaluated by a queue worker with replays, ranked."""
+    store = tmp_path_factory.mktemp("demo") / "store"
+    env = {**os.environ, "DEMO_STORE": str(store), "PYTHONPATH": str(PROJECT)}
+    run = subprocess.run([sys.executable, "scripts/demo.py", "--once"], cwd=PROJECT, env=env, capture_output=True,
+                         text=True, timeout=900)
+    return store, run

@@ -16,13 +16,12 @@ PROJECT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def test_demo_ranks_every_repo_and_flags_the_over_claimer(tmp_path):
-    env = {**os.environ, "DEMO_STORE": str(tmp_path / "store"), "PYTHONPATH": str(PROJECT)}
-    demo = subprocess.run([sys.executable, "scripts/demo.py"], cwd=PROJECT, env=env, capture_output=True,
-                          text=True, timeout=900)
+def test_demo_ranks_every_repo_and_flags_the_over_claimer(demo_run):
+    store, demo = demo_run
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "== LunarLander-v3 ==" in demo.stdout and "== CartPole-v1 ==" in demo.stdout
-    show = subprocess.run([sys.executable, "-m", "leaderboard", "show", "--store", str(tmp_path / "store"),
+    show = subprocess.run([sys.executable, "-m", "leaderboard", "show", "--store", str(store),
                            "--json"], cwd=PROJECT, env=env, capture_output=True, text=True, check=True)
     rows = {row["repo_id"]: row for row in json.loads(show.stdout)}
     repos = {f"{ns.name}/{repo.name}" for ns in (PROJECT / "demo_hub").iterdir() if ns.is_dir()
@@ -33,4 +32,4 @@ def test_demo_ranks_every_repo_and_flags_the_over_claimer(tmp_path):
     assert verdicts.pop("quick-win/ppo-LunarLander-v2") == "inflated"  # the course-format over-claimer
     assert set(verdicts.values()) == {"consistent"}, verdicts
     assert rows["kenji-rl/ppo-LunarLander-v3"]["score"] >= 200
-    assert all(row["video"] and (tmp_path / "store" / row["video"]).stat().st_size > 0 for row in rows.values())
+    assert all(row["video"] and (store / row["video"]).stat().st_size > 0 for row in rows.values())

@@ -1,0 +1,137 @@
+"""The Space under test: the demo's results (evaluated once per session by `scripts/demo.py
+--once`) plus synthetic rows for paging, served by `python -m space_app` on 127.0.0.1 with a
+live queue worker and a localhub holding the demo repos and a few more (a new agent, a repo with
+no agent, a gated one). Browser tests drive Debian's chromium through Playwright; they skip,
+saying why, when either is missing. Screenshots go to $SPACE_SCREENSHOTS (default: the
+`rl-leaderboard-space-screenshots` folder of the system's temporary directory)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from space_helpers import SYNTHETIC_REPOS
+
+PROJECT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer in {timeout} s")
+
+
+def make_hub(root: Path) -> Path:
+    """The demo hub, plus: a new agent of a new user, a repo without an agent, a gated repo."""
+    shutil.copytree(PROJECT / "demo_hub", root)
+    source = root / "ada-lovelace" / "ppo-CartPole-v1"
+    fresh = root / "new-user" / "ppo-CartPole-v1"
+    shutil.copytree(source, fresh)
+    (root / "empty-user" / "no-agent").mkdir(parents=True)
+    (root / "empty-user" / "no-agent" / "README.md").write_text("---\ntags:\n- CartPole-v1\n---\n# nothing here\n")
+    gated = root / "secret-user" / "ppo-CartPole-v1"
+    shutil.copytree(source, gated)
+    card = (gated / "README.md").read_text()
+    (gated / "README.md").write_text(card.replace("---\n", "---\ngated: auto\n", 1))
+    return root
+
+
+def add_synthetic_rows(store_dir: Path) -> None:
+    """SYNTHETIC_REPOS CartPole rows below the demo agents (2 episodes each: not comparable to them)."""
+    sys.path.insert(0, str(PROJECT / "tests" / "leaderboard"))
+    from lb_helpers import make_result
+
+    from leaderboard.store import Store
+
+    store = Store(store_dir)
+    rows = []
+    for i in range(SYNTHETIC_REPOS):
+        result = make_result(f"synth-{i:03d}/dqn-CartPole-v1", f"{i:040x}", score=float(10 + i), mean=float(20 + i))
+        result.algo = "dqn"
+        rows.append(result)
+    store.record_many(rows)
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def space(demo_run, tmp_path_factory):
+    """(base URL, store folder, hub URL) of a running Space with a live worker."""
+    import localhub
+
+    store_source, demo = demo_run
+    if demo.returncode != 0:
+        pytest.fail(f"scripts/demo.py --once failed:\n{demo.stdout[-2000:]}\n{demo.stderr[-2000:]}")
+    base = tmp_path_factory.mktemp("space")
+    store = base / "store"
+    shutil.copytree(store_source, store)
+    add_synthetic_rows(store)
+    hub = localhub.serve(make_hub(base / "hub"), state=base / "hub-state")
+    port = free_port()
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "PYTHONPATH": str(PROJECT), "GRADIO_ANALYTICS_ENABLED": "False",
+           "HF_HOME": str(base / "hf-home"), "RL_SPACE_REFRESH": "2"}
+    env.pop("HF_TOKEN", None)
+    log = (base / "space.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "space_app", "--store", str(store), "--port", str(port)],
+                              cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([sys.executable, "-m", "leaderboard", "worker", "--store", str(store), "--poll", "0.5",
+                               "-v"], cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/", server)
+        yield url, store, hub.url
+    finally:
+        for proc in (server, worker):
+            proc.terminate()
+        for proc in (server, worker):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        hub.close()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: `make test` installs it as root (scripts/install_system_deps.sh)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (requirements-dev.txt)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, space):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    tab.set_default_timeout(30_000)
+    yield tab
+    context.close()
+
