@@ -32,6 +32,7 @@ from typing import Any
 from evaluator.errors import ErrorCode
 from evaluator.result import STATUS_FAILED, EvalResult
 
+from .cache import CACHE_DIR, CacheSlot, lease_slot
 from .progress import RequestReport
 from .queue import DEFAULT_LEASE_SECONDS, TRANSIENT_CODES, Queue, Request, Status
 from .store import LeaseLostError, Store, StoreError
@@ -52,7 +53,8 @@ class WorkerConfig:
     endpoint: str | None = None
     token: str | bool | None = None
     video: bool = True
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # download cache slots live here (default: STORE/cache; leaderboard.cache)
+    cache_max_bytes: int | None = None  # per worker process (default: $RL_LEADERBOARD_CACHE_MAX_BYTES or 2 GiB)
     queue_options: dict[str, Any] = field(default_factory=dict)  # Queue(...) keyword arguments
 
 
@@ -116,13 +118,29 @@ class Worker:
         self.evaluate_fn = evaluate_fn or _default_evaluate
         self.owner = owner or new_worker_id()
         self.report = report
+        self._cache: CacheSlot | None = None
+
+    @property
+    def cache(self) -> CacheSlot:
+        """This worker's download cache slot (leased on first use, kept under its size cap)."""
+        if self._cache is None:
+            base = Path(self.config.cache_dir) if self.config.cache_dir else self.store.root / CACHE_DIR
+            self._cache = lease_slot(base, self.config.cache_max_bytes)
+        return self._cache
+
+    def _trim_cache(self, result: EvalResult | None, request: Request) -> None:
+        try:
+            self.cache.used(request.repo_id, (result.revision if result else None) or request.revision)
+            self.cache.trim()
+        except Exception:  # a full or odd cache folder must not stop the queue
+            log.warning("could not trim the download cache %s", self.cache.path, exc_info=True)
 
     def _evaluate(self, request: Request, video_path: Path | None) -> EvalResult:
         try:
             result = self.evaluate_fn(
                 request.repo_id, revision=request.revision, env_id=request.env_id, episodes=request.episodes,
-                endpoint=self.config.endpoint, token=self.config.token,
-                cache_dir=Path(self.config.cache_dir) if self.config.cache_dir else None, video_path=video_path)
+                endpoint=self.config.endpoint, token=self.config.token, cache_dir=self.cache.path,
+                video_path=video_path)
             if not isinstance(result, EvalResult):
                 raise TypeError(f"the evaluator returned {type(result).__name__}, not an EvalResult")
         except Exception as err:  # evaluate() never raises by contract; a bug still must not kill us
@@ -155,6 +173,7 @@ class Worker:
             if video_path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     video_path.unlink()
+            self._trim_cache(result, request)
             if self.report is not None:
                 self.report(RequestReport.of(request, status, result, time.monotonic() - started))
 
