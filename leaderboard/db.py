@@ -131,6 +131,12 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
 
 
+# I/O errors of a write that did not fit (ENOSPC, or EFBIG past a file size limit); other I/O
+# errors (a read, the shared-memory index) are not a full disk and are raised as they are
+_WRITE_FAILED = frozenset({"SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_TRUNCATE",
+                           "SQLITE_IOERR_SHMSIZE"})
+
+
 def _code(err: sqlite3.Error) -> int | None:
     code = getattr(err, "sqlite_errorcode", None)
     return None if code is None else code & 0xFF
@@ -215,9 +221,10 @@ class Database:
             if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
                 self.close()
                 raise StoreCorruptError(self.path, self.backup_path, f"{err} ({self._quick_check()})") from err
-            if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and "disk" in str(err)):
-                raise StoreFullError(f"the disk holding {self.path} is full ({err}): the write was rolled back; "
-                                     "free some space, then run the command again (a queue request goes back to "
+            name = getattr(err, "sqlite_errorname", None) or "SQLITE_ERROR"
+            if code == sqlite3.SQLITE_FULL or name in _WRITE_FAILED:
+                raise StoreFullError(f"the disk holding {self.path} is full ({err}, {name}): the write was rolled "
+                                     "back; free some space, then run the command again (a queue request goes back to "
                                      "the queue when its lease expires)") from err
             if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise StoreBusyError(f"{self.path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s ({err}): another "
