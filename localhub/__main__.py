@@ -1,4 +1,5 @@
-"""`python -m localhub serve ROOT [--host 127.0.0.1] [--port N] [--token T] [--state DIR]`."""
+"""`python -m localhub serve ROOT [--host 127.0.0.1] [--port N] [--token T] [--state DIR]
+[--allow-anonymous-writes] [--max-connections N]`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .server import DEFAULT_PAGE_SIZE, HubConfig, make_server
+from .server import DEFAULT_MAX_CONNECTIONS, DEFAULT_PAGE_SIZE, HubConfig, InsecureBindError, make_server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--token", default=None, help="refuse writes without this bearer token")
     serve.add_argument("--state", type=Path, default=None,
                        help="history and uploads (default: ROOT/.localhub if writable, else a user cache)")
+    serve.add_argument("--allow-anonymous-writes", action="store_true",
+                       help="accept writes without a token on a non-loopback --host (never needed on 127.0.0.1)")
+    serve.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                       help=f"connections served at once; more get HTTP 503 (default {DEFAULT_MAX_CONNECTIONS})")
     serve.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE)
     serve.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -28,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     try:
         server = make_server(args.root, host=args.host, port=args.port, state=args.state,
-                             config=HubConfig(token=args.token, page_size=args.page_size))
-    except (FileNotFoundError, OSError) as err:
+                             config=HubConfig(token=args.token, page_size=args.page_size,
+                                              max_connections=args.max_connections,
+                                              allow_anonymous_writes=args.allow_anonymous_writes))
+    except (FileNotFoundError, OSError, InsecureBindError) as err:
         print(f"localhub: {err}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]

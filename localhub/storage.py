@@ -162,8 +162,13 @@ class Storage:
         return self.state / "repos" / f"{ref.repo_type}s" / ref.repo_id
 
     def _in_root(self, ref: RepoRef) -> bool:
+        """A repo folder under ROOT, really: no symlink anywhere on the way (a linked namespace
+        or `datasets` folder would serve files from outside ROOT), not inside the state dir."""
         path = self.root_dir(ref)
-        return path.is_dir() and not path.is_symlink() and self.state not in (path, *path.parents)
+        if not path.is_dir() or path.is_symlink():
+            return False
+        real = Path(os.path.realpath(path))
+        return real.is_relative_to(self.root) and real == path and self.state not in (path, *path.parents)
 
     def exists(self, ref: RepoRef) -> bool:
         return self._in_root(ref) or (self.state_dir(ref) / "refs" / DEFAULT_BRANCH).is_file()
@@ -184,9 +189,11 @@ class Storage:
         refs = []
         for repo_id in sorted(found):
             try:
-                refs.append(RepoRef(repo_type, check_repo_id(repo_id)))
+                ref = RepoRef(repo_type, check_repo_id(repo_id))
             except InvalidName:
                 continue  # a folder whose name no client could ask for
+            if self.exists(ref):  # e.g. not behind a symlinked `datasets` folder
+                refs.append(ref)
         return refs
 
     # ---------------------------------------------------------------- commits
@@ -271,8 +278,32 @@ class Storage:
         if blob.is_file():
             return entry, blob
         if commit.root:
-            return entry, self.root_dir(ref).joinpath(*path.split("/"))
+            base = self.root_dir(ref)
+            file_path = base.joinpath(*path.split("/"))
+            real = Path(os.path.realpath(file_path))
+            if not self._in_root(ref) or not real.is_relative_to(base) or real != file_path:
+                raise NotFound("EntryNotFound", f"{path} is not a file under the served root")
+            return entry, file_path
         raise NotFound("EntryNotFound", f"content of {path} is missing from the state dir")
+
+    def staging_dir(self) -> Path:
+        """Where request bodies are staged before they are valid (same disk as the blobs)."""
+        path = self.state / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def put_blob_file(self, staged: Path) -> FileEntry:
+        """Move a staged file into the blob store (content-addressed; hashed by streaming)."""
+        entry = hash_file(staged)
+        path = self.blob_path(entry.sha256)
+        if path.is_file():
+            staged.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(staged, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(staged, path)
+        return entry
 
     def put_blob(self, data: bytes) -> FileEntry:
         entry = hash_bytes(data)
@@ -332,7 +363,7 @@ class Storage:
             shutil.rmtree(self.state_dir(ref))
 
     def commit_changes(self, ref: RepoRef, *, parent: str | None, title: str, message: str,
-                       additions: dict[str, bytes], deletions: list[str],
+                       additions: dict[str, bytes | FileEntry], deletions: list[str],
                        folder_deletions: list[str]) -> Commit:
         """Apply one commit atomically: content first, then the commit file, then the ref."""
         for path in [*additions, *deletions, *folder_deletions]:
@@ -358,8 +389,8 @@ class Storage:
             if current.root:  # the history moves past the ROOT files: keep their content
                 self._ingest_root(ref, current)
                 base = current.sha
-            for path, data in additions.items():
-                files[path] = self.put_blob(data)
+            for path, data in additions.items():  # a FileEntry is already in the blob store
+                files[path] = data if isinstance(data, FileEntry) else self.put_blob(data)
             return self._write_commit(ref, head, title, message, files, base)
 
     def _write_commit(self, ref: RepoRef, parent: str | None, title: str, message: str,

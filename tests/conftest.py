@@ -39,3 +39,20 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     run = subprocess.run([sys.executable, "scripts/demo.py", "--once"], cwd=PROJECT, env=env, capture_output=True,
                          text=True, timeout=900)
     return store, run
+
+
+def _tree(folder: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(folder)), p.lstat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_is_never_written():
+    """No test writes into ../shared (whether it is writable or not): checked over the session."""
+    if not SHARED.is_dir():
+        yield
+        return
+    before = _tree(SHARED)
+    yield
+    after = _tree(SHARED)
+    assert after == before, "a test wrote into ../shared: " + ", ".join(
+        sorted({name for name, _ in after} ^ {name for name, _ in before})[:10])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,19 @@ def test_zoo_lists_13_repos_and_serves_zips_byte_identical(zoo_root, tmp_path):
 
 
 def test_default_state_dir_of_a_read_only_root_is_outside_it(zoo_root, tmp_path, monkeypatch):
+    """On a read-only copy of a zoo repo made here: never on ../shared itself, whose permissions
+    vary (writable, the default state dir would be created inside it)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    with localhub.serve(zoo_root) as hub:
-        assert hub.storage.state.is_relative_to(tmp_path / "xdg")
-        assert HfApi(endpoint=hub.url).model_info("sb3/ppo-CartPole-v1").sha
+    root = tmp_path / "zoo"
+    shutil.copytree(zoo_root / "sb3" / "ppo-CartPole-v1", root / "sb3" / "ppo-CartPole-v1")
+    paths = [root, *root.rglob("*")]
+    for path in paths:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        with localhub.serve(root) as hub:
+            assert hub.storage.state.is_relative_to(tmp_path / "xdg")
+            assert HfApi(endpoint=hub.url).model_info("sb3/ppo-CartPole-v1").sha
+        assert sorted(p.relative_to(root) for p in root.rglob("*")) == sorted(p.relative_to(root) for p in paths[1:])
+    finally:
+        for path in paths:
+            path.chmod(0o755 if path.is_dir() else 0o644)
