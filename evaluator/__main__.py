@@ -76,13 +76,32 @@ def summary(result) -> str:
     else:
         lines.append(f"  FAILED [{result.error_code}]: {result.error}")
     lines.extend(f"  note: {note}" for note in result.notes)
+    lines.extend(_pickle_lines(result))
     claim = result.claim
     if claim.mean_reward is not None:
-        std = f" +/- {claim.std_reward:.2f}" if claim.std_reward is not None else ""
-        lines.append(f"  card claims {claim.mean_reward:.2f}{std} (n={claim.n_episodes}): {claim.verdict}")
+        std = f" +/- {_number(claim.std_reward)}" if claim.std_reward is not None else ""
+        lines.append(f"  card claims {_number(claim.mean_reward)}{std} (n={claim.n_episodes}): {claim.verdict}")
     else:
         lines.append("  card claims nothing parseable: absent")
     return "\n".join(lines)
+
+
+def _pickle_lines(result) -> list[str]:
+    """The unsafe-content report, in words (what no leaderboard tells users today)."""
+    if result.pickle_imports is None:
+        return []
+    if not result.pickle_unsafe:
+        return [f"  pickles: {len(result.pickle_imports)} globals named, all on the benign list"]
+    from .pickle_report import loader_call, unsafe_imports
+
+    risky = unsafe_imports(result.pickle_imports) or ["a global outside the benign list"]
+    shown = ", ".join(risky[:8]) + (f" and {len(risky) - 8} more" if len(risky) > 8 else "")
+    return [f"  UNSAFE PICKLES: loading this repo with {loader_call(result.format, result.algo)} would run {shown}"
+            " (read here opcode by opcode, never run: this evaluation loaded the agent as data)"]
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}" if abs(value) < 1e9 else f"{value:.4g}"
 
 
 def exit_code(result) -> int:

@@ -18,6 +18,7 @@ from .drift import drift_notes
 from .envs import resolve_env
 from .hub import RepoSnapshot, check_repo_id, fetch
 from .job import Job, JobOutcome
+from .pickle_report import scan_repo
 from .result import STATUS_FAILED, STATUS_FINISHED, ClaimResult, EvalResult
 from .runner import (
     PRIVATE,
@@ -108,6 +109,7 @@ def evaluate(repo_id: str, *, revision: str | None = None, env_id: str | None = 
     try:
         repo_id = result.repo_id = check_repo_id(repo_id)
         snapshot = fetch(repo_id, revision, cache_dir=cache_dir, endpoint=endpoint, token=token)
+        _report_pickles(result, snapshot)  # what PPO.load & co would import: read, never run
         result.revision, result.format = snapshot.sha, snapshot.agent_format
         result.algo = snapshot.algo
         requested = env_id or snapshot.env_id
@@ -161,6 +163,17 @@ def evaluate(repo_id: str, *, revision: str | None = None, env_id: str | None = 
     _clean_strings(result)
     result.evaluated_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     return result
+
+
+def _report_pickles(result: EvalResult, snapshot: RepoSnapshot) -> None:
+    """The unsafe-content report (evaluator.pickle_report); a scan that fails is logged, and the
+    evaluation goes on (it never depended on the report)."""
+    try:
+        report = scan_repo(snapshot.root, snapshot.files)
+    except Exception:  # the report is information: it must never fail an evaluation
+        log.exception("pickle scan of %s failed", snapshot.repo_id)
+        return
+    result.pickle_imports, result.pickle_unsafe = report.imports, bool(report.unsafe)
 
 
 def _clean_strings(result: EvalResult) -> None:

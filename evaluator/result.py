@@ -59,6 +59,11 @@ class EvalResult:
     error: str | None = None
     video: str | None = None
     video_error: str | None = None  # why a requested replay is missing (extension of the DESIGN schema)
+    # unsafe-content report (extension of the DESIGN schema; evaluator.pickle_report): the globals the
+    # repo's pickles would import if loaded the usual way (scanned, never loaded), and whether any is
+    # outside the benign list. None: not scanned (the repo was never downloaded).
+    pickle_imports: list[str] | None = None
+    pickle_unsafe: bool | None = None
     # provenance
     evaluated_at: str | None = None
     evaluator_version: str | None = None

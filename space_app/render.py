@@ -97,6 +97,28 @@ def reproduce_command(row: dict[str, Any]) -> str | None:
     return command
 
 
+def pickle_html(row: dict[str, Any]) -> str:
+    """The unsafe-content report of a row (evaluator.pickle_report): what loading the repo the
+    usual way would import, read opcode by opcode, never run."""
+    import json
+
+    extra = row.get("extra")
+    try:
+        extra = json.loads(extra) if isinstance(extra, str) else (extra or {})
+    except ValueError:
+        extra = {}
+    imports = row.get("pickle_imports", extra.get("pickle_imports"))
+    if not isinstance(imports, list):
+        return "not scanned"
+    if not (row.get("pickle_unsafe", extra.get("pickle_unsafe"))):
+        return f"{len(imports)} globals named, all on the benign list"
+    from evaluator.pickle_report import loader_call, unsafe_imports
+
+    risky = unsafe_imports(str(name) for name in imports) or ["a global outside the benign list"]
+    return (f"<b>⚠ loading this repo with <code>{esc(loader_call(row.get('format'), row.get('algo')))}</code> "
+            f"would run {esc(', '.join(risky[:8]))}</b> (scanned here, never run)")
+
+
 def details_html(row: dict[str, Any]) -> str:
     """A row opened: its numbers, its claim and its provenance."""
     versions = row.get("versions")
@@ -124,6 +146,7 @@ def details_html(row: dict[str, Any]) -> str:
         ("Evaluator", esc(row.get("evaluator_version"))),
         ("Libraries", version_text),
         ("Platform", esc(row.get("platform") or "–")),
+        ("Pickles", pickle_html(row)),
     ]
     body = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td>{v}</td></tr>" for k, v in items)
     title = f"{user_link(row['repo_id'])} / {model_link(row['repo_id'], row.get('revision'))}"

@@ -157,7 +157,9 @@ def test_ansi_in_policy_class_never_reaches_the_terminal_or_the_store(hub, tmp_p
     assert "FAILED [unsafe_content]" in out.out
     for stream in (out.out, out.err):
         assert not any(ch in stream for ch in UNSAFE_CHARS), stream
-    assert out.out.count("\n") == 3  # head, FAILED line, claim line: nothing drawn on top
+    lines = out.out.splitlines()
+    assert lines[1].startswith("  FAILED [unsafe_content]")  # no fake score line drawn over it
+    assert not any(line.lstrip().startswith("ppo [sb3]: mean") for line in lines)
     stored = Store(tmp_path / "store").history()
     assert not any(ch in stored["error"][0] for ch in UNSAFE_CHARS)
     assert "\\x1b" in stored["error"][0]  # escaped, still readable
