@@ -126,16 +126,38 @@ def parse_claim(meta: dict) -> Claim | None:
     return None
 
 
-def parse_claimed_episodes(results_json: bytes | None) -> int | None:
-    """`n_eval_episodes` (RL Zoo, course units 1-3) or `n_evaluation_episodes` (course units 4
-    and 8) from `results.json`, if it says."""
+def _results_json(results_json: bytes | None) -> dict:
+    """`results.json` as a dict, or {} when absent or unreadable."""
     if not results_json:
-        return None
+        return {}
     try:
         data = json.loads(results_json[:100_000])
     except (ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def parse_results_claim(results_json: bytes | None) -> Claim | None:
+    """The claim `results.json` states, for a card whose metadata states none: `mean_reward`,
+    and `std_reward` where the course writes one (unit 8; Q-learning's has none)."""
+    data = _results_json(results_json)
+    try:
+        mean = parse_claim_value(data.get("mean_reward"))
+        std = parse_claim_value(data.get("std_reward"))
+    except _Unfit:
         return None
-    n = data.get("n_eval_episodes", data.get("n_evaluation_episodes")) if isinstance(data, dict) else None
+    if mean is None:
+        return None
+    env = data.get("env_id")
+    env = clean_text(env.strip(), 200) if isinstance(env, str) and 0 < len(env.strip()) <= 200 else None
+    return Claim(mean[0], abs(std[0]) if std is not None else None, env)
+
+
+def parse_claimed_episodes(results_json: bytes | None) -> int | None:
+    """`n_eval_episodes` (RL Zoo, course units 1-3) or `n_evaluation_episodes` (course units 4
+    and 8) from `results.json`, if it says."""
+    data = _results_json(results_json)
+    n = data.get("n_eval_episodes", data.get("n_evaluation_episodes"))
     valid = isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_CLAIMED_EPISODES
     return n if valid else None
 

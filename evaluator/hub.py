@@ -17,7 +17,16 @@ from pathlib import Path
 
 from . import errors
 from .agents import find_agent, settle
-from .card import MAX_CARD_CHARS, Claim, front_matter, infer_algo, infer_env_id, parse_claim, parse_claimed_episodes
+from .card import (
+    MAX_CARD_CHARS,
+    Claim,
+    front_matter,
+    infer_algo,
+    infer_env_id,
+    parse_claim,
+    parse_claimed_episodes,
+    parse_results_claim,
+)
 from .text import clean_text, is_clean
 
 log = logging.getLogger(__name__)
@@ -261,7 +270,8 @@ def fetch(repo_id: str, revision: str | None = None, *, cache_dir: Path | None =
     return RepoSnapshot(
         repo_id=repo_id, sha=sha, root=root, files=tuple(wanted), sizes=sizes,
         agent_format=agent_format, agent_file=agent_file, tags=tags, card=card,
-        claim=parse_claim(card), claimed_episodes=parse_claimed_episodes(results_json),
+        claim=parse_claim(card) or parse_results_claim(results_json),
+        claimed_episodes=parse_claimed_episodes(results_json),
         env_id=env_id, algo=infer_algo(card),
     )
 

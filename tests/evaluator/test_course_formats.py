@@ -218,3 +218,16 @@ def test_every_hostile_reinforce_case_is_refused_in_process(tmp_path, marker):
             (load_reinforce if kind == "reinforce" else load_cleanrl)(files, CARTPOLE.observation_space,
                                                                         CARTPOLE.action_space)
         assert not marker.exists(), name
+
+
+def test_results_json_claim_for_a_card_without_one():
+    from evaluator.card import parse_claimed_episodes, parse_results_claim
+
+    unit8 = b'{"env_id": "LunarLander-v2", "mean_reward": -150.5, "std_reward": 88.0, "n_evaluation_episodes": 10}'
+    claim = parse_results_claim(unit8)
+    assert (claim.mean_reward, claim.std_reward, claim.env_id) == (-150.5, 88.0, "LunarLander-v2")
+    assert parse_claimed_episodes(unit8) == 10
+    unit2 = b'{"env_id": "Taxi-v3", "mean_reward": 7.5, "n_eval_episodes": 100}'
+    assert parse_results_claim(unit2).std_reward is None and parse_claimed_episodes(unit2) == 100
+    for raw in (None, b"", b"[1]", b'{"mean_reward": "lots"}', b'{"mean_reward": true}', b"{"):
+        assert parse_results_claim(raw) is None
