@@ -35,6 +35,7 @@ SCHEMA_VERSION = 1
 BACKUP_SECONDS_ENV = "RL_LEADERBOARD_BACKUP_SECONDS"
 DEFAULT_BACKUP_SECONDS = 6 * 3600.0
 BUSY_TIMEOUT_MS = 60_000
+CACHE_KIB = 64 * 1024  # SQLite page cache per connection
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 # Evaluations are appended, never updated. Times are microseconds since the epoch (UTC);
@@ -176,7 +177,7 @@ class Database:
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA journal_size_limit=67108864")
-            db.execute("PRAGMA cache_size=-65536")  # 64 MB: the random-key indexes of a big history stay cached
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # the random-key indexes of a big history stay cached
             db.execute("PRAGMA mmap_size=1073741824")  # reads from the OS page cache, shared by processes
             db.execute("PRAGMA foreign_keys=OFF")
             self._local.db, self._local.pid = db, os.getpid()
@@ -276,6 +277,16 @@ class Database:
     def checkpoint(self, mode: str = "TRUNCATE") -> None:
         with self.translated():
             self.connect().execute(f"PRAGMA wal_checkpoint({mode})")
+
+    @contextlib.contextmanager
+    def bulk_cache(self, kib: int) -> Iterator[None]:
+        """This thread's connection with a page cache of `kib` KiB for a bulk write, then back."""
+        db = self.connect()
+        db.execute(f"PRAGMA cache_size=-{int(kib)}")
+        try:
+            yield
+        finally:
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
 
     # ------------------------------------------------------------ backups
 

@@ -66,7 +66,8 @@ STORE_ENV = "RL_LEADERBOARD_STORE"
 MAX_REPLAY_BYTES_ENV = "RL_LEADERBOARD_MAX_REPLAY_BYTES"
 DEFAULT_MAX_REPLAY_BYTES = 5 * 1024**3  # replays beyond this total are pruned, oldest first
 TMP_DIR = "tmp"
-BATCH_ROWS = 10_000  # rows per transaction in record_many
+BATCH_ROWS = 50_000  # rows per transaction in record_many (a bulk import: see record_many)
+BULK_CACHE_KIB = 512 * 1024  # SQLite page cache while record_many writes
 
 
 class LeaseLostError(RuntimeError):
@@ -258,16 +259,23 @@ class Store:
     def record_many(self, results: Iterable[EvalResult | tuple[EvalResult, Any]], *,
                     batch: int = BATCH_ROWS) -> list[str]:
         """Append many evaluations (each an EvalResult or an (EvalResult, commit_date) pair), in
-        transactions of `batch` rows; returns their row ids in order."""
+        transactions of `batch` rows; returns their row ids in order.
+
+        Why big transactions and a big cache: a row's index entries land at random places (its
+        row id, its repo), so at a million rows nearly every insert dirties its own index pages;
+        50,000 rows per transaction share many of them, and a 512 MB page cache keeps them until
+        the commit writes each once. The write lock is held for the batch (seconds): queue
+        workers wait for it (busy timeout 60 s), none fails."""
         ids: list[str] = []
         chunk: list[tuple[EvalResult, Any]] = []
-        for item in results:
-            chunk.append(item if isinstance(item, tuple) else (item, None))
-            if len(chunk) >= batch:
+        with self.database.bulk_cache(BULK_CACHE_KIB):
+            for item in results:
+                chunk.append(item if isinstance(item, tuple) else (item, None))
+                if len(chunk) >= batch:
+                    ids += self._write(chunk)
+                    chunk = []
+            if chunk:
                 ids += self._write(chunk)
-                chunk = []
-        if chunk:
-            ids += self._write(chunk)
         if len(ids) > 1:
             with contextlib.suppress(StoreBusyError):
                 self.database.checkpoint("PASSIVE")
@@ -286,10 +294,11 @@ class Store:
     def _write(self, items: list[tuple[EvalResult, Any]], *, request: tuple | None = None,
                keep_video: bool = True) -> list:
         database = self.database
-        prepared = []
+        prepared, tmp_dir = [], self.tmp_dir
+        recorded_at = pd.Timestamp.now(tz="UTC")  # one moment for the rows of one transaction
         for result, commit_date in items:
-            size = replays.place(self.root, self.tmp_dir, result, keep=keep_video)
-            prepared.append((result_to_row(result, commit_date=commit_date), size))
+            size = replays.place(self.root, tmp_dir, result, keep=keep_video)
+            prepared.append((result_to_row(result, commit_date=commit_date, recorded_at=recorded_at), size))
         gone: list[str] = []
         with database.write() as db:
             hidden = None

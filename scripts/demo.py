@@ -54,7 +54,13 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 
 def serve(store: Path, env: dict, port: int) -> int:
-    """Worker and Space in the background until Ctrl-C (or until one of them dies)."""
+    """Worker and Space in the background until Ctrl-C or SIGTERM (or until one of them dies)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)  # also when started in the background (SIGINT ignored there)
+    signal.signal(signal.SIGTERM, interrupt)
     common = ["--store", str(store)]
     worker = subprocess.Popen([sys.executable, "-m", "leaderboard", "worker", "--concurrency", "1", "--poll", "1",
                                *common], cwd=PROJECT, env=env, start_new_session=True)

@@ -8,6 +8,7 @@ failed and since when; the next good read clears it. Nothing here raises into th
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from leaderboard.intake import MemoryRateLimit, Outcome, submit_to_dataset, subm
 from leaderboard.ranking import SORTS
 from leaderboard.rows import clean_text
 
+log = logging.getLogger(__name__)
 CACHE_ENTRIES = 512
 DATASET_REFRESH_SECONDS = 30.0
 
@@ -39,6 +41,7 @@ class Guarded:
         try:
             value = fn()
         except Exception as err:  # any failure of a read: serve the last good data, say so
+            log.warning("read %s failed (serving the last good data): %s: %s", key[0], type(err).__name__, err)
             with self._lock:
                 if self.failed_since is None:
                     self.failed_since = time.time()
