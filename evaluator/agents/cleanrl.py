@@ -18,6 +18,7 @@ from evaluator.agents.base import AgentFiles, LoadedAgent
 from evaluator.agents.course_policies import CategoricalMLP, check_chain, check_spaces
 from evaluator.agents.torch_pickle import MAX_TORCH_BYTES, load_weights_only, read_bounded
 from evaluator.errors import InvalidWeightsError
+from evaluator.text import clean_text
 
 WHAT = "model.pt"
 LAYERS = ("0", "2", "4")
@@ -35,7 +36,7 @@ def check_keys(keys: set[str]) -> None:
         raise InvalidWeightsError(
             f"{WHAT} is not CleanRL's PPO Agent state dict"
             + (f"; missing {', '.join(missing[:6])}" if missing else "")
-            + (f"; unexpected {', '.join(k[:60] for k in extra[:6])}" if extra else "")
+            + (f"; unexpected {', '.join(clean_text(k, 60) for k in extra[:6])}" if extra else "")
             + " (expected actor.{0,2,4} and critic.{0,2,4} Linear layers).")
 
 

@@ -18,9 +18,11 @@ import numpy as np
 
 from evaluator.agents.base import AgentFiles, LoadedAgent
 from evaluator.agents.pickle_numpy import NUMPY_ALLOWLIST, to_array
-from evaluator.errors import CorruptFileError, InvalidWeightsError, SpaceMismatchError
+from evaluator.envs import resolve_env
+from evaluator.errors import CorruptFileError, EvaluationError, InvalidWeightsError, SpaceMismatchError
 from evaluator.pickle_scan import PickleScan
 from evaluator.restricted_pickle import restricted_load
+from evaluator.text import clean_text
 
 QLEARNING_FILE = "q-learning.pkl"
 MAX_QTABLE_BYTES = 16 * 1024 * 1024
@@ -92,9 +94,11 @@ def load_qlearning(files: AgentFiles, observation_space: gym.Space, action_space
     if table.shape != expected:
         raise SpaceMismatchError(
             f"The Q-table is {table.shape[0]} states x {table.shape[1]} actions; this env has {expected[0]} x "
-            f"{expected[1]} (the pickle says env_id {str(plain.get('env_id'))[:60]!r}, map_name "
-            f"{str(plain.get('map_name'))[:20]!r}).")
-    details = {"qtable_shape": list(table.shape), "pickle_env_id": plain.get("env_id"),
+            f"{expected[1]} (the pickle says env_id {clean_text(plain.get('env_id'), 60)!r}, map_name "
+            f"{clean_text(plain.get('map_name'), 20)!r}).")
+    env_id = plain.get("env_id")
+    details = {"qtable_shape": list(table.shape),
+               "pickle_env_id": clean_text(env_id, 60) if isinstance(env_id, str) else None,
                "course_max_steps": plain.get("max_steps")}
     return LoadedAgent(QTablePolicy(table), "q-learning", "qlearning", details)
 
@@ -107,20 +111,26 @@ _FROZEN = "FrozenLake-v1"
 
 def course_env_id(scan: PickleScan, stated: str | None) -> str | None:
     """The env id to evaluate: the repo's (card, tag, name), made precise for FrozenLake by the
-    pickle's `map_name` / `slippery` (the course writes `slippery` only when False). A stated
-    id that names another map or slipperiness than the pickle fails as `space_mismatch`."""
+    pickle's `map_name` / `slippery` (the course writes `slippery` only when False; older
+    notebooks did not write it at all). A precise stated id that the pickle explicitly
+    contradicts (another map, or `slippery` False against a slippery tag) is a `space_mismatch`."""
     items = scan.items
     pickled = items.get("env_id") if isinstance(items.get("env_id"), str) else None
     map_name = items.get("map_name") if isinstance(items.get("map_name"), str) else None
-    slippery = items.get("slippery", True) is not False
+    slippery = items.get("slippery") if isinstance(items.get("slippery"), bool) else None
     base = stated or pickled
     if base is None or not base.startswith(_FROZEN) or map_name is None:
         return base
-    precise = f"{_FROZEN}-{map_name}" + ("" if slippery else "-no_slippery")
-    if base in (_FROZEN, precise):
-        return precise
-    if base.startswith(f"{_FROZEN}-"):
+    if base == _FROZEN:  # the bare id says nothing of map or slipperiness: the pickle does
+        return f"{_FROZEN}-{map_name}" + ("-no_slippery" if slippery is False else "")
+    if not base.startswith(f"{_FROZEN}-"):
+        return base
+    try:
+        kwargs = resolve_env(base).eval_env_kwargs
+    except EvaluationError:
+        return base  # an id outside the table fails later with the list of supported ids
+    if kwargs.get("map_name") != map_name or (slippery is not None and kwargs.get("is_slippery") != slippery):
         raise SpaceMismatchError(
-            f"The repo says {base!r} but its q-learning.pkl was trained on map {map_name!r}"
-            f"{'' if slippery else ' without slipping'} ({precise!r}): fix the card's env tag.")
+            f"The repo says {base!r} but its q-learning.pkl was trained on map {clean_text(map_name, 20)!r}"
+            f"{', not slippery' if slippery is False else ''}: fix the card's env tag.")
     return base

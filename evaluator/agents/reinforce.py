@@ -24,6 +24,7 @@ from evaluator.agents.torch_pickle import MAX_TORCH_BYTES, TENSOR_ALLOWLIST, ope
 from evaluator.errors import CorruptFileError, UnsupportedFormatError
 from evaluator.pickle_scan import scan_pickle
 from evaluator.restricted_pickle import StandIn, restricted_load
+from evaluator.text import clean_text
 
 WHAT = "model.pt"
 LAYER_NAMES = (("fc1", "fc2"), ("fc1", "fc2", "fc3"))
@@ -75,7 +76,7 @@ def _module_state(record: Any, name: str) -> dict[str, Any]:
                 raise UnsupportedFormatError(f"{WHAT}: `{name}` has {key} set: not the course's module.")
         elif not isinstance(value, _PLAIN):
             raise UnsupportedFormatError(
-                f"{WHAT}: `{name}` holds `{key[:40]}`, a {type(value).__name__}: not the course's Policy "
+                f"{WHAT}: `{name}` holds `{clean_text(key, 40)}`, a {type(value).__name__}: not the course's Policy "
                 "(Linear layers fc1, fc2[, fc3] only).")
     return state
 
@@ -101,7 +102,8 @@ def read_reinforce(data: bytes) -> list[tuple[str, Any, Any]]:
         raise CorruptFileError(f"{WHAT}: the Policy has no submodules.")
     names = tuple(modules)
     if names not in LAYER_NAMES or not all(isinstance(m, LinearRecord) for m in modules.values()):
-        kinds = ", ".join(f"{k}: {type(v).__name__.replace('Record', '')}" for k, v in list(modules.items())[:6])
+        kinds = ", ".join(f"{clean_text(k, 40)}: {type(v).__name__.replace('Record', '')}"
+                          for k, v in list(modules.items())[:6])
         raise UnsupportedFormatError(
             f"{WHAT}: the Policy's layers are ({kinds}); the course's are Linear fc1, fc2 or fc1, fc2, fc3.")
     layers = []

@@ -19,6 +19,7 @@ from typing import Any
 
 from evaluator.errors import CorruptFileError, InvalidWeightsError, TooLargeError, UnsupportedFormatError
 from evaluator.restricted_pickle import RecordedOrderedDict, StandIn
+from evaluator.text import clean_text
 
 MAX_TORCH_BYTES = 64 * 1024 * 1024  # a course policy is a few KB to a few MB
 MAX_MEMBERS = 4096
@@ -225,13 +226,14 @@ def load_weights_only(data: bytes, what: str) -> dict[str, Any]:
         if (type(tensor) is not torch.Tensor or tensor.layout != torch.strided or tensor.device.type != "cpu"
                 or tensor.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
                 or tensor.dim() > MAX_DIMS):
-            raise InvalidWeightsError(f"{what}: `{key[:80]}` is not a dense float tensor.")
+            raise InvalidWeightsError(f"{what}: `{clean_text(key, 80)}` is not a dense float tensor.")
         if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
-            raise CorruptFileError(f"{what}: `{key[:80]}` is a broadcast view, not saved weights.")
+            raise CorruptFileError(f"{what}: `{clean_text(key, 80)}` is a broadcast view, not saved weights.")
         total += tensor.numel()
     if total > MAX_ELEMENTS:
         raise TooLargeError(f"{what} holds {total:,} weights (limit {MAX_ELEMENTS:,}).")
     for key, tensor in state.items():
         if not bool(torch.isfinite(tensor).all()):
-            raise InvalidWeightsError(f"{what}: `{key[:80]}` holds NaN or infinite values; the training diverged.")
+            raise InvalidWeightsError(f"{what}: `{clean_text(key, 80)}` holds NaN or infinite values; the training "
+                                      "diverged.")
     return {k: v.to(torch.float32) for k, v in state.items()}

@@ -81,6 +81,13 @@ def test_frozenlake_id_from_the_pickle_and_the_tag():
     slippery = scan_pickle(cp.qtable_dict(np.zeros((16, 4)), "FrozenLake-v1", map_name="4x4"))
     assert course_env_id(slippery, "FrozenLake-v1") == "FrozenLake-v1-4x4"
     assert course_env_id(scan_pickle(cp.qtable_dict(np.zeros((500, 6)))), None) == "Taxi-v3"
+    # older notebooks wrote no `slippery`: the tag decides, the pickle's map must agree
+    old = scan_pickle(cp.qtable_dict(np.zeros((16, 4)), "FrozenLake-v1", map_name="4x4"))
+    assert course_env_id(old, "FrozenLake-v1-4x4-no_slippery") == "FrozenLake-v1-4x4-no_slippery"
+    with pytest.raises(SpaceMismatchError, match="4x4"):
+        course_env_id(old, "FrozenLake-v1-8x8")
+    with pytest.raises(SpaceMismatchError, match="not slippery"):
+        course_env_id(scan, "FrozenLake-v1-8x8")
 
 
 def test_settle_refuses_payloads_from_the_opcodes_alone(tmp_path, marker):
