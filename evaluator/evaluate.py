@@ -25,6 +25,7 @@ from .runner import (
     PRIVATE_SALT_ENV,
     PROTOCOL_VERSION,
     EpisodeResults,
+    SeedSet,
     private_seeds,
     public_seeds,
 )
@@ -92,12 +93,16 @@ def run_job(job: Job, *, processes: int = 1,
 def evaluate(repo_id: str, *, revision: str | None = None, env_id: str | None = None,
              episodes: int | None = None, processes: int = 1, cache_dir: Path | None = None,
              endpoint: str | None = None, token: str | bool | None = None, video_path: Path | None = None,
-             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+             progress: Callable[[int, int], None] | None = None, seeds: SeedSet | None = None) -> EvalResult:
     """Evaluate one repo under protocol v1. Never raises for a bad agent or input: the result
     says `failed`, with `error_code` and an `error` that says what to do.
 
     With `video_path`, the replay of episode 0 is recorded there (mp4); `result.video` is that
-    path as given (a store rewrites it relative to itself), `result.video_error` says why not."""
+    path as given (a store rewrites it relative to itself), `result.video_error` says why not.
+
+    `seeds` (at least as many as the episodes): the seed set chosen by the caller, e.g. a head
+    that keeps the private salt and hands remote workers only the seeds; default: the private set
+    when this process has the salt, else the public one."""
     result = EvalResult(
         repo_id=repo_id, protocol_version=PROTOCOL_VERSION,
         evaluator_version=provenance.evaluator_version(), versions=provenance.versions(),
@@ -122,7 +127,12 @@ def evaluate(repo_id: str, *, revision: str | None = None, env_id: str | None = 
         result.eval_env_id, result.eval_env_kwargs, result.env_key = (
             spec.eval_env_id, dict(spec.eval_env_kwargs), spec.env_key)
         n = episodes or spec.n_episodes
-        seeds = _choose_seeds(n)
+        if seeds is None:
+            seeds = _choose_seeds(n)
+        elif len(seeds) < n:
+            raise ValueError(f"{len(seeds)} seeds given for {n} episodes")
+        else:
+            seeds = SeedSet(seeds.name, tuple(seeds.seeds[:n]))
         job = Job(str(snapshot.root), snapshot.agent_format, snapshot.agent_file, snapshot.files,
                   requested, n, tuple(seeds), video_path=str(video_path) if video_path else None)
         result.seed_set = seeds.name  # failed rows too: a private row's seeds are never published

@@ -1,4 +1,4 @@
-"""`python -m leaderboard COMMAND`: submit, worker, show, requests, remove, export, publish,
+"""`python -m leaderboard COMMAND`: submit, worker, sweep, show, requests, remove, export, publish,
 certify, backup, restore (parse, call, print).
 
 Every command takes `--store DIR` (default: $RL_LEADERBOARD_STORE or
@@ -78,6 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds between publications with --hub-dataset (default {DEFAULT_SYNC_SECONDS:g})")
     p.add_argument("--no-video", action="store_true", help="do not record replays")
     p.add_argument("--quiet", action="store_true", help="no line per request, no progress bar")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local processes (default), or Ray tasks (pip install -r requirements-ray.txt)")
+    p.add_argument("--address", help="with --backend ray: the Ray cluster to join (default: a local Ray on 127.0.0.1)")
+    p.add_argument("--num-cpus", type=_positive(int),
+                   help="with --backend ray and no --address: CPUs of the local Ray (default: this machine's)")
+    p.add_argument("--max-in-flight", type=_positive(int),
+                   help="with --backend ray: evaluations submitted at once (default: the cluster's CPUs + 1)")
+
+    p = sub.add_parser("sweep", parents=[common], help="discover agents on the Hub and queue them")
+    p.add_argument("--filter", dest="filters", action="append", metavar="TAG",
+                   help="Hub tag every listed repo has (repeatable; default: reinforcement-learning)")
+    p.add_argument("--author", help="only this user's or organisation's repos")
+    p.add_argument("--env", dest="env_id", help="only agents of this env (listed by its tag, checked by env key)")
+    p.add_argument("--search", help="only repos whose id contains this")
+    p.add_argument("--limit", type=_positive(int), help="list at most this many repos")
+    p.add_argument("--protocol-changed", action="store_true",
+                   help="queue again every ranked row of an older protocol version (from the store: no listing)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be queued, queue nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON document")
 
     p = sub.add_parser("show", parents=[common], help="print the ranking")
     p.add_argument("--hub-dataset", metavar="NS/NAME",
@@ -203,13 +223,23 @@ def cmd_worker(args) -> int:
             log.error("%s (retried at the next round)", err)
     config = WorkerConfig(lease_seconds=args.lease, poll_seconds=args.poll, endpoint=args.endpoint,
                           video=not args.no_video)
+    pool = run_pool
+    if args.backend == "ray":
+        from .ray_backend import RayOptions, RayUnavailableError, ray_pool
+
+        try:
+            pool = ray_pool(RayOptions(address=args.address, num_cpus=args.num_cpus, max_in_flight=args.max_in_flight))
+        except RayUnavailableError as err:
+            return _error(args, ExitCode.USAGE, str(err), error_code="ray_missing")
+    elif args.address or args.num_cpus or args.max_in_flight:
+        return _error(args, ExitCode.USAGE, "--address, --num-cpus and --max-in-flight need --backend ray")
     counts = store.queue().counts()
     progress = Progress(total=counts["pending"] + counts["running"] if args.once else None, quiet=args.quiet)
     stop = threading.Event()
     # SIGTERM (a service manager stopping us): finish the requests in hand, then exit.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stats = run_pool(store, concurrency=args.concurrency, once=args.once, config=config,
+        stats = pool(store, concurrency=args.concurrency, once=args.once, config=config,
                          publish=publisher.publish if publisher else None, sync_seconds=args.sync_interval,
                          stop=stop, report=progress)
     except KeyboardInterrupt:
@@ -219,6 +249,33 @@ def cmd_worker(args) -> int:
         progress.close()
     print(f"worker done: {stats.finished} finished, {stats.failed} failed, {stats.retried} to retry, "
           f"{stats.lost} dropped (lease lost)", file=sys.stderr)
+    return ExitCode.OK
+
+
+def cmd_sweep(args) -> int:
+    from .progress import SweepBar
+    from .sweep import SweepQuery, requeue_older_protocol, sweep
+
+    store = _store(args)
+    bar = SweepBar(quiet=args.quiet)
+    try:
+        if args.protocol_changed:
+            if args.filters:
+                return _error(args, ExitCode.USAGE, "--protocol-changed queues from the store: --filter does not apply")
+            report = requeue_older_protocol(store, env_id=args.env_id, author=args.author, search=args.search,
+                                            limit=args.limit, dry_run=args.dry_run, progress=bar)
+        else:
+            query = SweepQuery(filters=tuple(args.filters) if args.filters else SweepQuery.filters,
+                               author=args.author, env_id=args.env_id, search=args.search, limit=args.limit)
+            report = sweep(store, query, endpoint=args.endpoint, dry_run=args.dry_run, progress=bar, total=bar.total)
+    except EvaluationError as err:
+        return _error(args, err.exit_code, f"sweep stopped: {err} (run it again: it resumes)",
+                      error_code=err.code.value)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    print(report.summary(), file=sys.stderr)
     return ExitCode.OK
 
 
@@ -411,7 +468,7 @@ def cmd_restore(args) -> int:
     return ExitCode.OK
 
 
-COMMANDS = {"submit": cmd_submit, "worker": cmd_worker, "show": cmd_show, "requests": cmd_requests,
+COMMANDS = {"submit": cmd_submit, "worker": cmd_worker, "sweep": cmd_sweep, "show": cmd_show, "requests": cmd_requests,
             "remove": cmd_remove, "export": cmd_export, "publish": cmd_publish, "certify": cmd_certify,
             "backup": cmd_backup, "restore": cmd_restore}
 

@@ -49,3 +49,29 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class SweepBar:
+    """A sweep's progress bar on stderr (tqdm: rate, and an ETA when the expected number of
+    repos is known), with the running counts; silent when quiet or not on a terminal."""
+
+    def __init__(self, *, quiet: bool = False, stream: Any = None):
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit="repo", file=stream or sys.stderr, dynamic_ncols=True, disable=True if quiet else None,
+                        leave=False, desc="sweep")
+        self.shown = 0
+
+    def total(self, expected: int | None) -> None:
+        self.bar.total = expected
+        self.bar.refresh()
+
+    def __call__(self, report: Any) -> None:
+        self.bar.update(report.listed - self.shown)
+        self.shown = report.listed
+        if report.listed % 50 == 0:
+            self.bar.set_postfix(queued=report.queued, known=report.known, skipped=sum(report.skipped.values()),
+                                 refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()

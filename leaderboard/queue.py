@@ -356,6 +356,18 @@ class Queue:
 
     # ------------------------------------------------------------ reading
 
+    def lookup(self, repo_id: str, revision: str, env_key: str, *, episodes: int | None = None,
+               protocol_version: int | None = None, seed_set: str | None = None) -> Request | None:
+        """The request of this key, if any (a read: a sweep checks before it writes)."""
+        if protocol_version is None or seed_set is None:
+            default_protocol, default_seeds = current_protocol()
+            protocol_version = default_protocol if protocol_version is None else protocol_version
+            seed_set = seed_set or default_seeds
+        key = (repo_id, revision, env_key, episodes or 0, protocol_version, seed_set)
+        with self._connect() as db:
+            row = db.execute(f"SELECT {_SELECT} FROM requests WHERE {_KEY_WHERE}", key).fetchone()
+        return Request(*row) if row else None
+
     def get(self, request_id: int) -> Request | None:
         with self._connect() as db:
             return self._get(db, request_id)

@@ -24,37 +24,17 @@ class ReadRoutes:
         self._json(self.server.storage.info(ref, commit, blobs=blobs))
 
     def _list(self, repo_type: str) -> None:
-        storage, q = self.server.storage, self.query
-        search = (q.get("search") or [""])[0].lower()
-        author = (q.get("author") or [""])[0]
-        filters = [f for value in q.get("filter", []) for f in value.split(",") if f]
-        full = (q.get("full") or ["false"])[0].lower() in ("1", "true")
-        card = (q.get("cardData") or ["false"])[0].lower() in ("1", "true")
-        items = []
-        for ref in storage.list_repos(repo_type):
-            if search and search not in ref.repo_id.lower():
-                continue
-            if author and ref.repo_id.split("/")[0] != author:
-                continue
-            info = storage.info(ref, storage.resolve(ref, None), full=full)
-            if any(f not in info["tags"] and f != ref.repo_id for f in filters):
-                continue
-            if not card:
-                info.pop("cardData", None)
-            items.append(info)
-        items = _sorted(items, q)
+        """A listing page (localhub.listing: filters, order, `Link` paging)."""
+        from .listing import list_page
+
+        q = self.query
         size = self.server.config.page_size
         limit = _query_int(q, "limit")
         if limit:
             size = min(size, limit)
-        start = _query_int(q, "cursor") or 0
-        page = items[start:start + size]
-        headers = {}
-        if start + size < len(items):
-            params = [(k, v) for k, values in q.items() if k != "cursor" for v in values]
-            params.append(("cursor", str(start + size)))
-            kind = "models" if repo_type == "model" else "datasets"
-            headers["Link"] = f'<{self._base_url()}/api/{kind}?{urlencode(params)}>; rel="next"'
+        kind = "models" if repo_type == "model" else "datasets"
+        page, headers = list_page(self.server.storage, repo_type, q, size=size, start=_query_int(q, "cursor") or 0,
+                                  next_url=lambda params: f"{self._base_url()}/api/{kind}?{urlencode(params)}")
         self._json(page, headers=headers)
 
     def _tree(self, ref: RepoRef, revision: str, folder: str) -> None:
@@ -206,16 +186,3 @@ def _parse_range(header: str, size: int) -> tuple[int, int]:
     if start >= size or start > end:
         raise HttpError(416, f"Range {header!r} is outside the file's {size} bytes")
     return start, end
-
-
-def _sorted(items: list[dict], query: dict) -> list[dict]:
-    key = (query.get("sort") or [""])[0]
-    direction = (query.get("direction") or ["-1"])[0]
-    field = {"lastModified": "lastModified", "createdAt": "createdAt", "downloads": "downloads",
-             "likes": "likes", "trendingScore": "likes", "id": "id"}.get(key)
-    items = sorted(items, key=lambda i: i["id"])
-    if field:
-        items = sorted(items, key=lambda i: i.get(field) or "", reverse=direction != "1" and field != "id")
-    return items
-
-

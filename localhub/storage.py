@@ -9,6 +9,7 @@ written, so a read-only folder can be served.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import fcntl
 import hashlib
@@ -41,6 +42,9 @@ class Conflict(RuntimeError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+CARD_CACHE_ENTRIES = 20_000  # parsed cards kept (cleared when full): a few KB each
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ class Storage:
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
     _root_cache: dict[str, tuple[tuple, Commit]] = field(default_factory=dict)
+    _card_cache: dict[str, dict] = field(default_factory=dict)  # README oid -> front matter
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -408,10 +413,19 @@ class Storage:
     # ---------------------------------------------------------------- metadata
 
     def card(self, ref: RepoRef, commit: Commit) -> dict:
+        """The README's front matter, parsed once per README content (its oid): listings of
+        thousands of repos ask for every card on every sweep."""
         if "README.md" not in commit.files:
             return {}
-        _, path = self.open_file(ref, commit, "README.md")
-        return front_matter(path.read_text(encoding="utf-8", errors="replace"))
+        oid = commit.files["README.md"].oid
+        cached = self._card_cache.get(oid)
+        if cached is None:
+            _, path = self.open_file(ref, commit, "README.md")
+            cached = front_matter(path.read_text(encoding="utf-8", errors="replace"))
+            if len(self._card_cache) >= CARD_CACHE_ENTRIES:
+                self._card_cache.clear()
+            self._card_cache[oid] = cached
+        return copy.deepcopy(cached)
 
     def info(self, ref: RepoRef, commit: Commit, *, blobs: bool = False, full: bool = True) -> dict:
         card = self.card(ref, commit)
