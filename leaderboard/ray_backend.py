@@ -185,7 +185,10 @@ class RayHead:
         """Record the tasks that finished within `timeout`; how many."""
         if not self.in_flight:
             return 0
-        ready, _ = self.ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=timeout)
+        refs = list(self.in_flight)
+        ready, rest = self.ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready and rest:  # and whatever else finished meanwhile, without waiting
+            ready += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         for ref in ready:
             self._conclude(ref)
         return len(ready)
