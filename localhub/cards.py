@@ -23,14 +23,35 @@ def _flow_depth(text: str) -> int:
     return deepest
 
 
+MAX_SEXAGESIMAL_CHARS = 24  # YAML 1.1 base-60 numbers: PyYAML computes long ones in quadratic time
+
+
 class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without aliases: a few hundred bytes of nested aliases expand to gigabytes."""
+    """Safe YAML without aliases (a few hundred bytes of nested aliases expand to gigabytes) and
+    without long base-60 numbers (`1:2:3:...`: slow, and a float one overflows)."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.events.AliasEvent):
             raise yaml.composer.ComposerError(None, None, "YAML aliases are not accepted",
                                               self.peek_event().start_mark)
         return super().compose_node(parent, index)
+
+    def _check_number(self, node):
+        if ":" in str(node.value) and len(str(node.value)) > MAX_SEXAGESIMAL_CHARS:
+            raise yaml.constructor.ConstructorError(None, None, "long base-60 numbers are not accepted",
+                                                    node.start_mark)
+
+    def construct_yaml_int(self, node):
+        self._check_number(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node):
+        self._check_number(node)
+        return super().construct_yaml_float(node)
+
+
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_yaml_int)
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:float", _NoAliasLoader.construct_yaml_float)
 
 
 def front_matter(readme: str) -> dict:
@@ -44,7 +65,7 @@ def front_matter(readme: str) -> dict:
     try:
         data = yaml.load(readme[3:end], Loader=_NoAliasLoader)  # noqa: S506  # safe: SafeLoader subclass
         data = json.loads(json.dumps(data, default=str))
-    except (yaml.YAMLError, ValueError, TypeError, AttributeError, RecursionError):
+    except (yaml.YAMLError, ArithmeticError, ValueError, TypeError, AttributeError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

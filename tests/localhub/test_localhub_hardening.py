@@ -284,3 +284,19 @@ def test_a_huge_range_is_416_not_500(tmp_path):
     with localhub.serve(root, state=tmp_path / "s") as hub:
         status, _ = raw(hub.url, "GET", "/alice/ok/resolve/main/a.txt", headers={"Range": "bytes=0-" + "9" * 5000})
         assert status == 416
+
+
+@pytest.mark.parametrize("hostile", ["a: " + ":".join(["59"] * 30000), "a: " + ":".join(["59"] * 30000) + ".5"])
+def test_a_hostile_card_never_breaks_info_or_listing(tmp_path, hostile):
+    root = tmp_path / "root"
+    (root / "eve" / "b60").mkdir(parents=True)
+    (root / "eve" / "b60" / "README.md").write_text(f"---\n{hostile}\ntags:\n- x\n---\n")
+    (root / "alice" / "ok").mkdir(parents=True)
+    (root / "alice" / "ok" / "a.txt").write_text("a")
+    with localhub.serve(root, state=tmp_path / "s") as hub:
+        api = HfApi(endpoint=hub.url)
+        started = time.perf_counter()
+        assert sorted(m.id for m in api.list_models()) == ["alice/ok", "eve/b60"]
+        assert api.model_info("eve/b60").card_data is None
+        assert time.perf_counter() - started < 2
+
