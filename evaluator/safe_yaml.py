@@ -21,7 +21,7 @@ from evaluator.errors import CorruptFileError, TooLargeError, UnsafeContentError
 MAX_YAML_DEPTH = 64
 MAX_YAML_CHARS = 256_000
 MAX_FLOW_COLLECTIONS = 2_000
-MAX_YAML_NODES = 20_000
+MAX_YAML_NODES = 5_000  # a course card holds about 50, an RL Zoo config.yml fewer than 100
 MAX_SEXAGESIMAL_CHARS = 24  # `190:20:30.15` is YAML 1.1's example; nobody writes more
 _FLOW = re.compile(r"[\[\]{}]")
 

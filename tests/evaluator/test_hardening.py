@@ -179,6 +179,8 @@ def test_card_strings_are_sanitised_where_they_enter():
     "a: " + ":".join(["59"] * 60000),
     "a: " + ":".join(["59"] * 60000) + ".5",
     "- x\n" * 45000,
+    "\n".join(f"k{i}: v" for i in range(7000)),  # within the size bound: the value count stops it
+    ("- a\n" * 15000),
     "a: " + "[" * 5000 + "]" * 5000,
 ])
 def test_hostile_card_yaml_is_bounded_before_parsing(hostile):
