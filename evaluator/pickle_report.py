@@ -199,12 +199,14 @@ def scan_repo(root: Path, files: Iterable[str]) -> PickleReport:
         path = Path(root) / name
         try:
             if path.stat().st_size > MAX_SCAN_BYTES:
-                report.unscanned.append(f"{clean_text(name, 200)}: too large to scan")
-                continue
+                raise ScanLimitError(f"{path.stat().st_size} bytes (limit {MAX_SCAN_BYTES})")
             for found in _globals_of(path.read_bytes()):
                 seen.setdefault(clean_text(found, 200), None)
         except (ScanLimitError, ValueError, OSError, RecursionError, MemoryError) as err:
+            # What could not be read is unknown, hence outside the benign list (as pickle_scan's
+            # `<dynamic STACK_GLOBAL>`): the report never says "benign" about unread bytes.
             report.unscanned.append(f"{clean_text(name, 200)}: {clean_text(str(err), 200)}")
+            seen.setdefault(f"<unscanned {clean_text(name, 100)}>", None)
             log.info("pickle scan of %s stopped: %s", name, err)
     report.imports = list(seen)[:MAX_IMPORTS]
     report.unsafe = unsafe_imports(seen)

@@ -159,3 +159,13 @@ def test_report_never_fails_on_garbage(tmp_path):
     (tmp_path / "c.pt").write_bytes(io.BytesIO(b"").getvalue())
     report = scan_repo(tmp_path, ["a.pkl", "b.zip", "c.pt", "missing.pkl"])
     assert isinstance(report.imports, list)
+
+
+def test_what_cannot_be_scanned_is_never_called_benign(tmp_path, monkeypatch):
+    from evaluator import pickle_report
+
+    (tmp_path / "big.pkl").write_bytes(pickle.dumps(list(range(1000))))
+    monkeypatch.setattr(pickle_report, "MAX_SCAN_BYTES", 100)
+    report = scan_repo(tmp_path, ["big.pkl"])
+    assert report.unsafe == ["<unscanned big.pkl>"] and report.unscanned
+
