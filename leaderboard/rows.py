@@ -244,8 +244,21 @@ def _fit_float(value: Any) -> tuple[Any, bool]:
         return None, False
 
 
+def _encodable(text: str) -> str:
+    """`text` with lone surrogates replaced (no UTF-8 encoder takes them: SQLite and pyarrow
+    raise), so a row is never lost to one, whichever producer made it (issue 14). ASCII, the
+    common case, is an O(1) check."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def _fit_str(value: Any) -> tuple[Any, bool]:
-    return (value if isinstance(value, str) else str(value)), True
+    return _encodable(value if isinstance(value, str) else str(value)), True
 
 
 def _fit_bool(value: Any) -> tuple[Any, bool]:
@@ -271,6 +284,9 @@ def fit_to_schema(row: dict[str, Any]) -> None:
         if value is None:
             continue
         if not is_list:
+            if fast is str and type(value) is str:
+                row[name] = _encodable(value)
+                continue
             if type(value) is fast and (fast is not int or _INT64_MIN <= value <= _INT64_MAX):
                 continue
             row[name], ok = fit(value)
@@ -282,6 +298,9 @@ def fit_to_schema(row: dict[str, Any]) -> None:
             notes.append(f"{name} is not a list: stored as null")
             continue
         types = set(map(type, value))  # the common cases, checked at C speed
+        if fast is str and types <= {str}:
+            row[name] = [_encodable(v) for v in value]
+            continue
         if types <= {fast} and (fast is not int or not value or _INT64_MIN <= min(value) and max(value) <= _INT64_MAX):
             continue
         fitted = [fit(v) if v is not None else (None, True) for v in value]

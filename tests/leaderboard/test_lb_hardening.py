@@ -145,6 +145,17 @@ def test_options_name_what_they_expect(option, value, expected, capsys):
     assert f"argument {option}" in err and expected in err and "invalid parse value" not in err
 
 
+def test_the_store_never_loses_a_row_to_a_lone_surrogate(tmp_path):
+    """Whichever producer made the result (evaluate() sanitises its own): SQLite cannot encode a
+    lone surrogate, so the row used to be lost and its request evaluated again, 5 times."""
+    result = make_result(status="failed")
+    result.error, result.env_id, result.notes = "bad \ud800 text", "CartPole-v1\udfff", ["n\ud800"]
+    store = Store(tmp_path / "store")
+    store.record(result)
+    row = store.history().iloc[0]
+    assert row["error"] == "bad ? text" and row["env_id"] == "CartPole-v1?" and list(row["notes"]) == ["n?"]
+
+
 def test_a_result_with_hostile_text_is_recorded(tmp_path):
     """A result that did not come through evaluate() (another producer) still records: the
     store never loses a row to a lone surrogate. (evaluate() itself sanitises.)"""
