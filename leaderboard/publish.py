@@ -53,7 +53,8 @@ DEFAULT_BACKOFF_SECONDS = float(os.environ.get("RL_LEADERBOARD_SYNC_BACKOFF") or
 LEADERBOARD_COLUMNS = ("rank", "env_key", "repo_id", "revision", "score", "mean_reward", "std_reward", "iqm", "ci95",
                        "n_episodes", "episode_returns", "episode_lengths", "algo", "format", "claim_mean_reward",
                        "claim_std_reward", "claim_n_episodes", "claim_verdict", "seed_set", "protocol_version",
-                       "commit_date", "evaluated_at", "video", "row_id", "evaluator_version")
+                       "commit_date", "evaluated_at", "video", "row_id", "evaluator_version",
+                       "extra")  # extra: the schema's extensions as JSON (e.g. the unsafe-pickle report)
 _SHARD = re.compile(r"^(history|takedowns)/(\d{12})-(\d{12})\.parquet$")
 _REPLAY = re.compile(r"^replays/[A-Za-z0-9._=,-]+/[A-Za-z0-9._=,-]+/[A-Za-z0-9._=,-]+/[A-Za-z0-9._=,-]+\.mp4$")
 _REQUEST = re.compile(r"^requests/[A-Za-z0-9._-]{1,128}\.json$")

@@ -169,3 +169,10 @@ def test_what_cannot_be_scanned_is_never_called_benign(tmp_path, monkeypatch):
     report = scan_repo(tmp_path, ["big.pkl"])
     assert report.unsafe == ["<unscanned big.pkl>"] and report.unscanned
 
+
+def test_the_published_leaderboard_carries_the_report():
+    """What a deployed Space reads (leaderboard.parquet) keeps the report, in `extra`."""
+    from leaderboard.publish import LEADERBOARD_COLUMNS
+
+    assert "extra" in LEADERBOARD_COLUMNS
+
