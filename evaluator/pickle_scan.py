@@ -36,6 +36,8 @@ import pickletools
 import zipfile
 from dataclasses import dataclass, field
 
+from evaluator.text import clean_text
+
 __all__ = ["PickleScan", "ScanLimitError", "is_zip", "scan_archive", "scan_globals", "scan_pickle"]
 
 MAX_OPCODES = 5_000_000  # a Q-table or a state dict is a few thousand opcodes
@@ -82,9 +84,7 @@ class PickleScan:
 
 
 def _clean(name: str) -> str:
-    if not name.isprintable():
-        name = name.encode("unicode_escape", "backslashreplace").decode("ascii")
-    return name if len(name) <= MAX_NAME else name[: MAX_NAME - 3] + "..."
+    return clean_text(name, MAX_NAME)  # the one sanitiser of repo text (evaluator.text)
 
 
 class _Mark:

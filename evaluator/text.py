@@ -1,24 +1,22 @@
 """The one sanitiser for text that comes from outside (a repo's card, file names, zip fields,
 pickled names, a player's messages): data, never markup or terminal commands.
 
-`clean_text` replaces lone surrogates (they make UTF-8 encoders and pyarrow raise), escapes
-control characters (ANSI escapes, carriage returns and newlines could draw fake lines on a
-terminal), invisible formatting (bidirectional overrides, zero-width characters), private-use
-and unassigned code points and line/paragraph separators, and caps the length. It is
-idempotent: cleaning a clean string changes nothing. `clean_tree` applies it to every string
+`clean_text` replaces lone surrogates (they make UTF-8 encoders, SQLite and pyarrow raise),
+escapes every other character Python does not call printable: control characters (ANSI escapes,
+carriage returns and newlines could draw fake lines on a terminal), invisible formatting
+(bidirectional overrides, zero-width characters), private-use and unassigned code points, line
+and paragraph separators and spaces other than ' '; and caps the length. Its output is always
+printable, and it is idempotent: cleaning a clean string changes nothing. `clean_tree` applies it to every string
 (and key) of parsed data (JSON, YAML), without a length cap.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Any
 
 DEFAULT_LIMIT = 2000
 ELLIPSIS = "…"
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-# control, format, surrogate, private use, unassigned, line and paragraph separators
-_UNSAFE = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
 
 
 def _escape(ch: str) -> str:
@@ -36,9 +34,7 @@ def clean_text(value: Any, limit: int | None = DEFAULT_LIMIT) -> str:
     if limit is not None and len(text) > 4 * limit:
         text = text[: 4 * limit]  # escaping at most quadruples a character: enough to fill `limit`
     if not text.isprintable():  # the fast path: plain text is returned as it is
-        text = "".join(
-            _escape(ch) if unicodedata.category(ch) in _UNSAFE else ch for ch in text
-        )
+        text = "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
     if limit is not None and len(text) > limit:
         text = text[: max(limit - 1, 0)] + ELLIPSIS
     return text
