@@ -132,6 +132,10 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
 
 
+# (pid, real path) of the database files this process has opened with SQLite: never opened
+# again by other means in this process (see Database._check_header)
+_CONNECTED: set[tuple[int, str]] = set()
+
 # I/O errors of a write that did not fit (ENOSPC, or EFBIG past a file size limit); other I/O
 # errors (a read, the shared-memory index) are not a full disk and are raised as they are
 _WRITE_FAILED = frozenset({"SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_TRUNCATE",
@@ -154,7 +158,17 @@ class Database:
         self._ready = False
 
     def _check_header(self) -> None:
-        """A file that is not SQLite is refused before SQLite opens it for writing."""
+        """A file that is not SQLite is refused before SQLite opens it for writing.
+
+        Only before this process holds any connection to the file: closing a descriptor of
+        the database file releases every POSIX lock the process holds on it, the SQLite
+        connections' included (sqlite.org/howtocorrupt.html, 2.2); another process closing its
+        last connection would then take the file for unused and delete the WAL and its index
+        under the readers and writers still on it (they fail with "disk I/O error"). Later
+        opens rely on SQLite's own check (SQLITE_NOTADB, translated as a damaged store)."""
+        key = (os.getpid(), os.path.realpath(self.path))
+        if key in _CONNECTED:
+            return
         try:
             with open(self.path, "rb") as fh:
                 header = fh.read(len(_SQLITE_HEADER))
@@ -171,6 +185,7 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                              check_same_thread=True)
+        _CONNECTED.add((os.getpid(), os.path.realpath(self.path)))
         with self.translated():
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":

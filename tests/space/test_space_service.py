@@ -41,7 +41,7 @@ def test_unit_thresholds_come_from_the_env_table_and_support_decides_verifiabili
     assert unit1.verifiable and unit1.env_key == LUNAR
     assert unit1.threshold == resolve_env("LunarLander-v2").unit_threshold == 200
     cleanrl = parts[("Unit 8 part 1", "LunarLander-v2")]
-    assert cleanrl.env_key == LUNAR and cleanrl.threshold == -500  # a second unit on the same env
+    assert cleanrl.env_key == LUNAR and cleanrl.threshold == -100  # a second unit on the same env
     assert cleanrl.verifiable == ("cleanrl_ppo" in FORMATS)
     pixelcopter = parts[("Unit 4", "Pixelcopter-PLE-v0")]
     assert not pixelcopter.verifiable and "Pixelcopter-PLE-v0 is not supported" in pixelcopter.reason
