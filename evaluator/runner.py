@@ -184,6 +184,30 @@ def check_action(space: gym.Space, action: Any) -> Any:
     return action
 
 
+def check_actions(space: gym.Space, actions: np.ndarray, slots: Sequence[int]) -> list[Any] | None:
+    """`check_action` for the rows `slots` of a batch at once (Discrete and Box spaces): the
+    same values `check_action` returns, or None when a row fails or the space is another kind
+    (the caller then checks row by row, which names the first bad row)."""
+    a = actions
+    if not slots or a.dtype == object:
+        return None
+    rows = a[list(slots)]
+    if isinstance(space, spaces.Discrete):
+        if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+            return None
+        if not bool(np.all((rows >= space.start) & (rows < space.start + space.n))):
+            return None
+        return rows.tolist()
+    if isinstance(space, spaces.Box):
+        if a.shape[1:] != space.shape or not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(rows)):
+            return None
+        cast = rows.astype(space.dtype)
+        if not (np.all(np.isfinite(cast)) and np.all(cast >= space.low) and np.all(cast <= space.high)):
+            return None
+        return list(cast)
+    return None
+
+
 def action_seed(env_seed: int, secret: bytes | None = None) -> int:
     """The per-episode seed of a stochastic policy's draws: HMAC-SHA256 of the episode's env seed,
     keyed with the private salt on the private seed set. A player cannot invert it: a plain hash
@@ -338,17 +362,21 @@ def run_episodes(
                     f"The policy returned actions of shape {actions.shape} for a batch of "
                     f"{N_SLOTS} observations: expected {N_SLOTS} actions, one per row."
                 )
-            for slot, i in enumerate(running):
-                if i is None:
-                    continue
-                try:
-                    action = check_action(space, actions[slot])
-                except ValueError as exc:
-                    raise InvalidActionError(
-                        f"Episode {i}, step {steps[slot]}: the policy's "
-                        f"action {_show(actions[slot])} {exc}. The agent does not fit the "
-                        f"action space {space} of {spec.env_key}."
-                    ) from None
+            live_slots = [slot for slot, i in enumerate(running) if i is not None]
+            checked = check_actions(space, actions, live_slots)
+            for k, slot in enumerate(live_slots):
+                i = running[slot]
+                if checked is not None:
+                    action = checked[k]
+                else:
+                    try:
+                        action = check_action(space, actions[slot])
+                    except ValueError as exc:
+                        raise InvalidActionError(
+                            f"Episode {i}, step {steps[slot]}: the policy's "
+                            f"action {_show(actions[slot])} {exc}. The agent does not fit the "
+                            f"action space {space} of {spec.env_key}."
+                        ) from None
                 obs[slot], reward, terminated, truncated, _ = envs[slot].step(action)
                 ret[slot] += float(reward)
                 steps[slot] += 1

@@ -70,7 +70,7 @@ class CategoricalMLP:
         import torch
 
         x = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
-        with torch.no_grad():
+        with torch.inference_mode():  # no autograd bookkeeping at all (lighter than no_grad)
             probs = self.forward(x).to(torch.float64).numpy()
         if not np.all(np.isfinite(probs)):
             raise InvalidActionError(f"{self.what} produced NaN or infinite action probabilities on this env's "

@@ -569,7 +569,9 @@ def test_policy_pth_odd_dtypes_are_invalid_weights() -> None:
 
 
 def test_policy_pth_element_count_is_capped(monkeypatch) -> None:
-    monkeypatch.setattr(sb3_loader, "MAX_STATE_ELEMENTS", 10)
+    from evaluator.agents import sb3_weights  # the weights' checks moved there from sb3.py
+
+    monkeypatch.setattr(sb3_weights, "MAX_STATE_ELEMENTS", 10)
     with pytest.raises(TooLargeError, match="weights"):
         sb3_loader.load_state_dict_bytes(_torch_bytes({"a": torch.zeros(6), "b": torch.zeros(6)}))
 
