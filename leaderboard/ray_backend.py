@@ -63,12 +63,15 @@ def import_ray():
 @contextlib.contextmanager
 def _local_ray_env() -> Iterator[None]:
     """The environment a local Ray's processes inherit while `ray.init` starts them: loopback
-    only, no usage reporting, this project importable, and never the private salt."""
+    only, no usage reporting, workers at the head's priority, this project importable, and never
+    the private salt."""
     from evaluator.runner import PRIVATE_SALT_ENV
 
     saved = dict(os.environ)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # node IP = 127.0.0.1: servers bind loopback only
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray runs its workers at nice 15; evaluations are this machine's work, as in a local worker.
+    os.environ["RAY_worker_niceness"] = "0"
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), saved.get("PYTHONPATH")) if p)
     os.environ.pop(PRIVATE_SALT_ENV, None)
     try:

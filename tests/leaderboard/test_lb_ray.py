@@ -56,7 +56,17 @@ def _rows(store: Path) -> dict[str, dict]:
     return {row["repo_id"]: row for row in history.to_dict("records")}
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def _ray_processes() -> list[int]:
+    """The Ray worker processes running an evaluation task of THIS test's local Ray (descendants
+    of this process: its raylet's children), never another run's on the same machine."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -64,8 +74,13 @@ def _ray_processes() -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if cmdline.startswith("ray::run_evaluation"):
-                found.append(int(entry.name))
+            if not cmdline.startswith("ray::run_evaluation"):
+                continue
+            pid = ancestor = int(entry.name)
+            while ancestor not in (None, 0, 1, os.getpid()):
+                ancestor = _parent(ancestor)
+            if ancestor == os.getpid():
+                found.append(pid)
     return found
 
 
