@@ -38,7 +38,7 @@ COURSE_UNITS: tuple[UnitPart, ...] = (
     UnitPart("Unit 7", "ML-Agents-SoccerTwos", ("mlagents",), "an ML-Agents ONNX agent", None,
              "certified on an ELO between agents, not on a score"),
     UnitPart("Unit 8 part 1", "LunarLander-v2", ("cleanrl_ppo",), "a CleanRL PPO agent (model.pt state dict)",
-             -500.0),
+             -100.0),  # the course checker's "pushed" bar (DESIGN.md)
     UnitPart("Unit 8 part 2", "doom_health_gathering_supreme", ("sample_factory",), "a Sample Factory agent",
              5.0),
 )

@@ -25,10 +25,9 @@ def test_a_new_threads_connection_keeps_the_wal_of_a_database_in_use(tmp_path):
     store = Store(tmp_path)
     store.queue()  # two Database objects on one file in one process, as a worker has
     store.record(make_result("a/one"))
-    threading.Thread(target=store.ranking).start()  # a new thread: a new connection
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread():
-            thread.join()
+    reader = threading.Thread(target=store.ranking)  # a new thread: a new connection
+    reader.start()
+    reader.join(timeout=60)
     code = (f"import sys; sys.path.insert(0, {str(PROJECT)!r}); from leaderboard.store import Store; "
             f"s = Store({str(tmp_path)!r}); s.ranking(); s.close()")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)  # opens, reads, closes
