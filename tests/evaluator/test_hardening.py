@@ -185,9 +185,9 @@ def test_card_strings_are_sanitised_where_they_enter():
 ])
 def test_hostile_card_yaml_is_bounded_before_parsing(hostile):
     readme = f"---\n{hostile}\n---\n# card\n"
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time of this thread: a loaded machine does not make it flaky
     assert front_matter(readme) == {}
-    assert time.perf_counter() - started < 0.15
+    assert time.thread_time() - started < 0.15
 
 
 def test_an_ordinary_card_still_parses():
