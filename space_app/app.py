@@ -50,18 +50,27 @@ def build_demo(store: Any = None, hub_dataset: str | None = None, *, endpoint: s
         text = source.guard.banner
         return gr.update(value=f"<div class='banner'>⚠ {render.esc(text)}</div>" if text else "", visible=bool(text))
 
-    def env_update(current: str | None) -> dict:
-        keys = source.env_keys()
-        value = current if current in keys else (keys[0] if keys else None)
-        return gr.update(choices=service.env_choices(keys), value=value)
-
     def show(env_key, search, algo, verdict, sort, page):
+        """One page; the last output is the view (what the user chose), kept on the server."""
         result = service.ranking_page(source, env_key, page=page, search=search, algo=algo, verdict=verdict,
                                       sort=sort)
         ids = list(result.rows["repo_id"]) if not result.rows.empty else []
         algos = gr.update(choices=[""] + source.algos(env_key))
+        view = {"env": env_key, "search": search, "algo": algo, "verdict": verdict, "sort": sort,
+                "page": result.page}
         return (render.display_table(result.rows), result.info, result.page, ids,
-                service.threshold_text(env_key), algos, banner())
+                service.threshold_text(env_key), algos, banner(), view)
+
+    def refresh(view, known_keys):
+        """The timer's refresh of the current view. It reads the view from the server-side
+        state, never a snapshot of the widgets taken when the tick was sent: a tick racing a
+        user's click can neither bring the old env back nor reset a dropdown."""
+        keys = source.env_keys()
+        env_out = gr.update(choices=service.env_choices(keys)) if keys != known_keys else gr.update()
+        if not view:
+            return (env_out, *[gr.update()] * 8, keys)
+        return (env_out, *show(view["env"], view["search"], view["algo"], view["verdict"], view["sort"],
+                               view["page"]), keys)
 
     def opened(env_key, repo_id):
         result = service.open_row(source, env_key, repo_id)
@@ -161,8 +170,9 @@ def build_demo(store: Any = None, hub_dataset: str | None = None, *, endpoint: s
                 gr.Markdown(about_markdown(source.where))
 
         filters = [env, search, algo, verdict, sort]
-        page_out = [table, page_info, page, page_ids, threshold, algo, banner_box]
-        for trigger in (env.change, algo.change, verdict.change, sort.change, search.submit):
+        view, known_keys = gr.State({}), gr.State([])
+        page_out = [table, page_info, page, page_ids, threshold, algo, banner_box, view]
+        for trigger in (env.input, algo.input, verdict.input, sort.input, search.submit):  # user changes only
             trigger(lambda *a: show(*a, 1), filters, page_out, api_visibility="private")
         page.submit(show, [*filters, page], page_out, api_visibility="private")
         first.click(lambda *a: show(*a, 1), filters, page_out, api_visibility="private")
@@ -180,8 +190,7 @@ def build_demo(store: Any = None, hub_dataset: str | None = None, *, endpoint: s
         user.submit(user_page, user, [user_table, certification, user_message], api_visibility="private")
 
         timer = gr.Timer(REFRESH_SECONDS)
-        timer.tick(lambda *a: (env_update(a[0]), *show(*a)), [*filters, page], [env, *page_out],
-                   api_visibility="private")
+        timer.tick(refresh, [view, known_keys], [env, *page_out, known_keys], api_visibility="private")
         poll_timer = gr.Timer(2.0)
         poll_timer.tick(poll, request_id, [request_status, queue_table], api_visibility="private")
 
@@ -193,7 +202,7 @@ def build_demo(store: Any = None, hub_dataset: str | None = None, *, endpoint: s
             keys = source.env_keys()
             env_key = params.get("env") if params.get("env") in keys else (keys[0] if keys else None)
             updates = [gr.update(choices=service.env_choices(keys), value=env_key),
-                       *show(env_key, "", "", "", "score", 1), service.requests_table(source.requests())]
+                       *show(env_key, "", "", "", "score", 1), keys, service.requests_table(source.requests())]
             same_agent, same_user = [gr.update()] * len(agent_out), [gr.update()] * len(user_out)
             if params.get("user"):
                 return [*updates, gr.Tabs(selected="user"), *same_agent, params["user"], *user_page(params["user"])]
@@ -202,7 +211,7 @@ def build_demo(store: Any = None, hub_dataset: str | None = None, *, endpoint: s
                 return [*updates, shown[5], *shown[:5], *shown[6:], *same_user]
             return [*updates, gr.update(), *same_agent, *same_user]
 
-        demo.load(on_load, None, [env, *page_out, queue_table, tabs, *agent_out, *user_out],
+        demo.load(on_load, None, [env, *page_out, known_keys, queue_table, tabs, *agent_out, *user_out],
                   api_visibility="private")
         _api(source)
     return demo
