@@ -158,12 +158,19 @@ def _parents(path: str) -> list[str]:
     return [str(p) for p in reversed(list(parts)) if str(p) != "/"]
 
 
+# What a warm player's zygote keeps of root (root only): enough to drop each job's fork to the
+# job's own uid and clear that fork's bounding set; nothing else (README, Confinement).
+ZYGOTE_CAPS = "-all,+setuid,+setgid,+setpcap"
+
+
 def bwrap_argv(conf: Confinement, *, uid: int | None, ro: Sequence[str], files: Mapping[str, str],
-               seccomp_fd: int | None = None) -> list[str]:
+               seccomp_fd: int | None = None, zygote: bool = False) -> list[str]:
     """bwrap's command line up to (not including) the program. `ro`: host paths bound read-only
     at the same place; `files`: inside path -> host file (read-only); `uid`: the unprivileged
     uid to drop to (root only); `seccomp_fd`: an open file holding a BPF filter to load
-    (`evaluator.sandbox.seccomp`). The working directory is `/`, read-only."""
+    (`evaluator.sandbox.seccomp`); `zygote`: as root, keep uid 0 with only ZYGOTE_CAPS (the
+    warm player's zygote drops each job's fork itself: `evaluator.sandbox.jail`). The working
+    directory is `/`, read-only."""
     argv = ["bwrap"]
     if not conf.drops_root:
         argv += ["--unshare-all"]  # includes a user namespace: the caller's own uid inside
@@ -198,7 +205,10 @@ def bwrap_argv(conf: Confinement, *, uid: int | None, ro: Sequence[str], files: 
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--"]
-    if conf.drops_root:
+    if conf.drops_root and zygote:
+        argv += [shutil.which("setpriv") or "/usr/bin/setpriv", "--clear-groups", "--inh-caps=-all",
+                 f"--bounding-set={ZYGOTE_CAPS}", "--no-new-privs"]
+    elif conf.drops_root:
         if uid is None:
             raise ValueError("a root sandbox needs the uid to drop to")
         argv += [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={uid}",

@@ -57,6 +57,10 @@ def _preload() -> None:
 
     for spec in POLICY_CLASSES.values():
         importlib.import_module(spec.target.split(":")[0])
+    for module in ("stable_baselines3.common.preprocessing", "stable_baselines3.dqn.policies",
+                   "stable_baselines3.sac.policies", "stable_baselines3.td3.policies", "sb3_contrib.ars.policies",
+                   "sb3_contrib.tqc.policies"):  # what sb3_lean looks up at load
+        importlib.import_module(module)
     torch.set_num_threads(1)  # the protocol's numbers never depend on the core count
 
 
@@ -127,23 +131,21 @@ def serve(rfd: int, wfd: int) -> None:
         _write_all(wfd, wire.HEADER.pack(wire.ACT, seq) + to_wire_actions(actions, act_space, act_layout, n))
 
 
-def main() -> None:
-    rfd, wfd = os.dup(0), os.dup(1)
-    os.dup2(2, 1)  # fd 1 is stderr from now on: only `wfd` carries actions
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    sys.stdout = sys.stderr
-    from .limits import apply_limits_from_env, mentions_allocation_failure
-
-    apply_limits_from_env()
+def answer(rfd: int, wfd: int, *, preload: bool = True, code_bearing: bool = True) -> None:
+    """Serve the referee on (rfd, wfd), reporting any failure as an error frame; never raises.
+    A cold player preloads and may play code-bearing formats; a warm job (a jailed fork of the
+    zygote, `evaluator.sandbox.zygote`) is preloaded already and plays data-only formats only."""
     from . import wire
+    from .limits import mentions_allocation_failure
 
     try:
-        _preload()
+        if preload:
+            _preload()
         from evaluator.agents import torchscript
         from evaluator.errors import EvaluationError
 
-        torchscript.allow_code_bearing_formats()
+        if code_bearing:
+            torchscript.allow_code_bearing_formats()
         try:
             serve(rfd, wfd)
         except EvaluationError as err:
@@ -165,6 +167,18 @@ def main() -> None:
         except OSError:
             pass
     sys.stderr.flush()
+
+
+def main() -> None:
+    rfd, wfd = os.dup(0), os.dup(1)
+    os.dup2(2, 1)  # fd 1 is stderr from now on: only `wfd` carries actions
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    sys.stdout = sys.stderr
+    from .limits import apply_limits_from_env
+
+    apply_limits_from_env()
+    answer(rfd, wfd)
     os._exit(0)  # no interpreter teardown: nothing of the agent's runs after the last answer
 
 

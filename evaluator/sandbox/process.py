@@ -94,13 +94,15 @@ class ConfinedProcess:
 
     def __init__(self, args: Sequence[str], *, memory_bytes: int, cpu_seconds: float,
                  files: Mapping[str, str] | None = None, ro_paths: Sequence[str] = (), isolated_path: bool = True,
-                 single_process: bool = False):
+                 single_process: bool = False, zygote: bool = False, stdin_fd: int | None = None):
         self.conf = confinement()
         self.args = list(args)
         self.memory_bytes, self.cpu_seconds = memory_bytes, cpu_seconds
         self.files, self.ro_paths = dict(files or {}), list(ro_paths)
         self.isolated_path = isolated_path
         self.single_process = single_process  # the player's seccomp filter: threads, no processes
+        self.zygote = zygote  # a warm player's zygote: no uid of its own, forks jailed jobs (warm.py)
+        self.stdin_fd = stdin_fd  # its control socket instead of a pipe
         self.tail: collections.deque[str] = collections.deque(maxlen=60)
         self.proc: subprocess.Popen | None = None
         self.uid: int | None = None
@@ -122,7 +124,7 @@ class ConfinedProcess:
 
     def _start(self) -> None:
         conf = self.conf
-        if conf.drops_root:
+        if conf.drops_root and not self.zygote:
             self.uid = self._stack.enter_context(lease_uid())
         env = environment(limits_json(self.memory_bytes, self.cpu_seconds, own_uid=self.uid is not None))
         # -P: no script/working directory on sys.path; -s: no user site; -B: no .pyc writes
@@ -132,7 +134,8 @@ class ConfinedProcess:
         if conf.kind == BWRAP:
             seccomp_fd = self._seccomp_fd() if self.single_process else None
             pass_fds = (seccomp_fd,) if seccomp_fd is not None else ()
-            argv = bwrap_argv(conf, uid=self.uid, ro=self.ro_paths, files=self.files, seccomp_fd=seccomp_fd) + python
+            argv = bwrap_argv(conf, uid=self.uid, ro=self.ro_paths, files=self.files, seccomp_fd=seccomp_fd,
+                              zygote=self.zygote) + python
         else:
             self._scratch = tempfile.mkdtemp(prefix="evaluator-sandbox-")
             argv = [*conf.unshare_argv, *python]
@@ -140,12 +143,17 @@ class ConfinedProcess:
             env.update(environment(env["EVALUATOR_SANDBOX_LIMITS"], home=self._scratch))
         self.started = time.monotonic()
         try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin = subprocess.PIPE if self.stdin_fd is None else self.stdin_fd
+            self.proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          env=env, cwd=cwd, start_new_session=True, close_fds=True, pass_fds=pass_fds)
         except OSError as err:
             raise errors.SandboxCrashError(f"the sandbox process could not start: {err}") from err
         self._reader = threading.Thread(target=_pump_stderr, args=(self.proc.stderr, self.tail), daemon=True)
         self._reader.start()
+
+    def channel_fds(self) -> tuple[int, int]:
+        """(write to the process, read from it): its stdin and stdout pipes."""
+        return self.proc.stdin.fileno(), self.proc.stdout.fileno()
 
     def _seccomp_fd(self) -> int | None:
         """An open file holding the player's BPF filter, for bwrap's `--seccomp` (closed on exit)."""
@@ -190,7 +198,7 @@ class ConfinedProcess:
             if self._reader is not None:
                 self._reader.join(timeout=KILL_GRACE)
             for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-                with contextlib.suppress(OSError, ValueError):
+                with contextlib.suppress(OSError, ValueError, AttributeError):  # no stdin pipe: a zygote
                     stream.close()
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)

@@ -19,6 +19,7 @@ protocol's canonical order, so its result does not depend on how the caller spli
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import select
 import shutil
@@ -38,7 +39,7 @@ from ..envs import make_env, resolve_env
 from ..job import Job, JobOutcome, describe, recorded_outcome
 from ..runner import N_SLOTS, Rows, run_episodes
 from ..text import clean_text  # the one sanitiser (also used where repo strings enter)
-from . import wire
+from . import warm, wire
 from .confine import SNAPSHOT_MOUNT, confinement
 from .limits import mentions_allocation_failure
 from .process import DEFAULT_MEMORY_BYTES, ConfinedProcess, exit_signal
@@ -49,6 +50,7 @@ PER_STEP_SECONDS = 0.004  # BipedalWalker: 0.3-0.7 ms/step measured on a loaded 
 REPLAY_STEP_SECONDS = 0.05  # render + encode one frame
 DEFAULT_MAX_EPISODE_STEPS = 1_000  # envs without a TimeLimit
 PLAYER_MODULE = ("-m", "evaluator.sandbox.player")
+log = logging.getLogger("evaluator.sandbox")
 
 _ERROR_CLASSES: dict[str, type[errors.EvaluationError]] = {
     cls.code.value: cls
@@ -97,8 +99,7 @@ class RemotePlayer:
         self.budget = budget
         self.seq = 0
         self.calls = 0
-        self.wfd = proc.proc.stdin.fileno()
-        self.rfd = proc.proc.stdout.fileno()
+        self.wfd, self.rfd = proc.channel_fds()
         self._pollers = {}
         for fd, event in ((self.wfd, select.POLLOUT), (self.rfd, select.POLLIN)):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -276,6 +277,19 @@ def play(job: Job, *, timeout: float | None = None, memory_bytes: int = DEFAULT_
         obs_space, act_space = env.observation_space, env.action_space
     finally:
         env.close()
+    if warm.usable(job.agent_format, player_args, PLAYER_MODULE):
+        try:
+            payload = warm.job_payload(job.root, job.files)
+            with warm.pool().job(payload, cpu_seconds=budget + 10) as proc:
+                hello = {"format": job.agent_format, "agent_file": job.agent_file, "files": list(job.files),
+                         "root": proc.hello_root, "env_id": job.env_id, "deterministic": spec.deterministic}
+                remote = RemotePlayer(proc, obs_space, act_space, budget=budget)
+                remote.handshake(hello)
+                return recorded_outcome(job, spec, algo, details, lambda recorder: run_episodes(
+                    remote, spec, n_episodes=job.n_episodes, seeds=job.seeds, episode_indices=job.episode_indices,
+                    progress=progress, recorder=recorder))
+        except warm.WarmUnavailable as why:  # too large for a warm player, or none could start here
+            log.info("cold player for this job: %s", why)
     staging = Path(tempfile.mkdtemp(prefix="evaluator-stage-"))
     try:
         files, root = stage_files(job, staging)
