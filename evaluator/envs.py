@@ -13,6 +13,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from evaluator.env_wrappers import EnvView, apply_view, default_view
 from evaluator.errors import UnknownEnvError
 
 CLASSIC_CONTROL = "classic_control"
@@ -48,6 +49,10 @@ class EnvSpec:
     unit_threshold: float | None = None
     course_unit: str | None = None
     return_bounds: tuple[float, float] | None = None  # (lowest, highest) achievable episode return
+    # What the agent sees (wrappers, frame stack): the family's default here, the agent's own
+    # (decided from its config.yml on the trusted side) after `evaluator.job.describe`.
+    view: EnvView | None = None
+    max_episode_steps: int | None = None  # a step cap the registry does not state (Atari)
 
 
 @dataclass(frozen=True)
@@ -114,8 +119,9 @@ ENV_TABLE: dict[str, _Entry] = {
     "Taxi-v4": _TAXI,
 }
 
-# Atari: listed so the refusal is explicit, unsupported until ALE and the standard Atari
-# wrappers (RL Zoo's AtariWrapper + frame stack) are part of the evaluator.
+# Atari (ALE, registered lazily by `make_env`): `XNoFrameskip-v4` under the RL Zoo's AtariWrapper
+# and a frame stack of 4 (`evaluator.atari`); an episode is a full game, capped at ALE v4's own
+# 108,000 frames (27,000 agent steps).
 _ATARI_GAMES = ("SpaceInvaders", "Breakout", "Pong", "Qbert", "Seaquest", "BeamRider",
                 "Enduro", "Asteroids", "MsPacman", "RoadRunner")
 for _game in _ATARI_GAMES:
@@ -123,7 +129,6 @@ for _game in _ATARI_GAMES:
         f"{_game}NoFrameskip-v4", (), ATARI,
         200.0 if _game == "SpaceInvaders" else None,
         "Unit 3" if _game == "SpaceInvaders" else None,
-        supported=False,
     )
 
 
@@ -140,7 +145,15 @@ def _spec(requested_id: str, entry: _Entry) -> EnvSpec:
         unit_threshold=entry.unit_threshold,
         course_unit=entry.course_unit,
         return_bounds=RETURN_BOUNDS.get(entry.eval_env_id),
+        view=default_view(entry.family == ATARI),
+        max_episode_steps=_atari_steps() if entry.family == ATARI else None,
     )
+
+
+def _atari_steps() -> int:
+    from evaluator.atari import MAX_AGENT_STEPS
+
+    return MAX_AGENT_STEPS
 
 
 def supported_env_ids() -> list[str]:
@@ -181,17 +194,21 @@ def resolve_env(env_id: str) -> EnvSpec:
         )
     if not entry.supported:
         raise UnknownEnvError(
-            f"Env {requested!r} ({entry.family}) is not supported yet: the evaluator does not "
-            f"ship ALE and the standard Atari wrappers. Supported env ids: {supported}"
+            f"Env {requested!r} ({entry.family}) is listed but not verifiable here. "
+            f"Supported env ids: {supported}"
         )
     return _spec(requested, entry)
 
 
 def make_env(spec: EnvSpec, **kwargs: Any) -> gym.Env:
-    """One evaluation env; `kwargs` are for the caller's own needs (e.g. `render_mode`)."""
-    return gym.make(
-        spec.eval_env_id, disable_env_checker=True, **spec.eval_env_kwargs, **kwargs
-    )
+    """One evaluation env under the spec's view; `kwargs` are for the caller's own needs
+    (e.g. `render_mode`)."""
+    if spec.family == ATARI:
+        from evaluator.atari import register_ale
+
+        register_ale()
+    env = gym.make(spec.eval_env_id, disable_env_checker=True, **spec.eval_env_kwargs, **kwargs)
+    return apply_view(env, spec.view)
 
 
 def make_vector_env(spec: EnvSpec, n_slots: int, **kwargs: Any) -> list[gym.Env]:

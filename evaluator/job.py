@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from .agents import acts_deterministically, describe_agent, load_agent
 from .agents.base import AgentFiles
-from .envs import EnvSpec, make_env, resolve_env
-from .errors import UnsupportedFormatError
+from .env_wrappers import decide_view
+from .envs import ATARI, EnvSpec, make_env, resolve_env
 from .runner import EpisodeResults, run_episodes
 
 if TYPE_CHECKING:
@@ -77,14 +77,11 @@ def describe(job: Job) -> tuple[EnvSpec, str, dict[str, Any]]:
     read as data. The env wrappers and frame stack come from here, never from a player."""
     spec = resolve_env(job.env_id)
     algo, details = describe_agent(job.agent_format, AgentFiles(Path(job.root), job.agent_file, job.files))
-    wrappers = details.get("env_wrappers") or []
-    if wrappers or details.get("frame_stack"):
-        raise UnsupportedFormatError(
-            f"the agent was trained with env wrappers {wrappers or ''} / frame stacking "
-            f"{details.get('frame_stack') or ''}, which the evaluator does not apply yet: "
-            "scoring it without them would be wrong")
+    view = decide_view(spec.family == ATARI, details)  # allowlisted wrappers + frame stack, from config.yml
+    if view is not None:
+        details = {**details, **view.describe()}
     # Determinism is a property of (env family, format): the course samples REINFORCE and CleanRL actions.
-    spec = replace(spec, deterministic=acts_deterministically(spec.deterministic, job.agent_format))
+    spec = replace(spec, view=view, deterministic=acts_deterministically(spec.deterministic, job.agent_format))
     return spec, algo, details
 
 

@@ -240,12 +240,15 @@ def parse_policy_kwargs(value: Any) -> dict[str, Any]:
 
 
 # RL Zoo `env_wrapper` entries we know to be harmless, by the name RL Zoo writes -> our name.
-# None of the reference agents uses one; the runner decides how to apply them.
+# `evaluator.env_wrappers` applies them (our installed classes, kwargs checked per wrapper).
 ENV_WRAPPERS = {
     "sb3_contrib.common.wrappers.TimeFeatureWrapper": "TimeFeatureWrapper",
     "rl_zoo3.wrappers.TimeFeatureWrapper": "TimeFeatureWrapper",
     "utils.wrappers.TimeFeatureWrapper": "TimeFeatureWrapper",
     "stable_baselines3.common.atari_wrappers.AtariWrapper": "AtariWrapper",
+    **{f"{package}.{name}": name
+       for package in ("gymnasium.wrappers", "gym.wrappers")
+       for name in ("FlattenObservation", "TimeAwareObservation", "ClipAction", "RescaleAction")},
 }
 
 

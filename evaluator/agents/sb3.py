@@ -38,6 +38,7 @@ from evaluator.agents.sb3_kwargs import (
 )
 from evaluator.agents.sb3_lean import LeanSB3
 from evaluator.agents.sb3_spaces import check_space, describe_space
+from evaluator.agents.sb3_stochastic import exploration_rate, sample_actions
 from evaluator.agents.sb3_weights import (  # noqa: F401 - re-exported: the weights' home moved
     MAX_POLICY_PARAMS,
     MAX_STATE_ELEMENTS,
@@ -197,20 +198,20 @@ class SB3Policy:
     """RL Zoo obs normalization, then the actions SB3's `BasePolicy.predict` gives (Box actions
     clipped, or unscaled for squashed policies), computed lean (`sb3_lean`)."""
 
-    def __init__(self, policy: nn.Module, obs_stats: VecNormalizeStats | None) -> None:
+    def __init__(self, policy: nn.Module, obs_stats: VecNormalizeStats | None,
+                 exploration_rate: float | None = None) -> None:
         self.policy = policy
         self.obs_stats = obs_stats
         self.lean = LeanSB3(policy)
+        self.exploration_rate = exploration_rate  # DQN family: epsilon of its stochastic actions
 
     def act(self, obs: np.ndarray, *, deterministic: bool = True, rngs: Any = None) -> np.ndarray:
-        if not deterministic:  # SB3 samples from torch's global generator: not per episode
-            raise UnsupportedFormatError(
-                "stochastic actions of SB3 agents are not supported yet (the protocol draws them per "
-                "episode from a seeded generator)")
         obs = np.asarray(obs)
         if self.obs_stats is not None:
             obs = self.obs_stats.normalize(obs)
         try:
+            if not deterministic:  # per-episode generators, never SB3's global ones (sb3_stochastic)
+                return sample_actions(self.policy, self.lean, obs, rngs, exploration_rate=self.exploration_rate)
             return self.lean.act(obs)
         except ValueError as err:  # torch.distributions refuses NaN parameters
             raise InvalidActionError(
@@ -314,4 +315,5 @@ def load_sb3(files: AgentFiles, observation_space: gym.Space, action_space: gym.
         details["env_wrappers"] = config.env_wrappers
         details["frame_stack"] = config.frame_stack
         details["env_kwargs"] = config.env_kwargs
-    return LoadedAgent(policy=SB3Policy(policy, obs_stats), algo=algo, format="sb3", details=details)
+    epsilon = exploration_rate(data) if spec.family in ("dqn", "qrdqn") else None
+    return LoadedAgent(policy=SB3Policy(policy, obs_stats, epsilon), algo=algo, format="sb3", details=details)

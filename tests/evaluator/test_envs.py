@@ -91,11 +91,18 @@ def test_module_ids_say_why():
         resolve_env("os:Foo-v0")
 
 
-def test_atari_is_listed_but_not_supported_yet():
-    assert "SpaceInvadersNoFrameskip-v4" in ENV_TABLE
-    assert "SpaceInvadersNoFrameskip-v4" not in supported_env_ids()
-    with pytest.raises(UnknownEnvError, match="not supported yet"):
-        resolve_env("SpaceInvadersNoFrameskip-v4")
+def test_atari_runs_under_the_rl_zoo_stack_by_default():
+    spec = resolve_env("SpaceInvadersNoFrameskip-v4")
+    assert "SpaceInvadersNoFrameskip-v4" in supported_env_ids()
+    assert (spec.family, spec.n_episodes, spec.deterministic) == ("atari", 10, False)
+    assert (spec.unit_threshold, spec.course_unit) == (200.0, "Unit 3")
+    assert spec.view.wrappers == (("AtariWrapper", ()),) and spec.view.frame_stack == 4
+    assert spec.max_episode_steps == 27_000  # ALE v4's 108,000 frames at frame skip 4
+    env = make_env(spec)
+    try:
+        assert env.observation_space.shape == (84, 84, 4) and env.action_space.n == 6
+    finally:
+        env.close()
 
 
 def test_spec_is_frozen_hashable_and_table_is_not_mutable_through_it():

@@ -1,0 +1,83 @@
+"""Tiny RL Zoo-style agents trained in seconds (no real agent of these families is in ../shared):
+an SB3 zip saved by SB3 itself, beside the `config.yml` RL Zoo writes (its OrderedDict YAML) and,
+when asked, `vec_normalize.pkl`. The point is fidelity, not strength."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ATARI_WRAPPER = "stable_baselines3.common.atari_wrappers.AtariWrapper"
+TIME_FEATURE = "sb3_contrib.common.wrappers.TimeFeatureWrapper"
+
+
+def zoo_config_text(hyperparams: dict[str, Any]) -> str:
+    """`config.yml` as RL Zoo writes it: `!!python/object/apply:collections.OrderedDict` pairs."""
+    import yaml
+
+    pairs = [[key, value] for key, value in sorted(hyperparams.items())]
+    return "!!python/object/apply:collections.OrderedDict\n" + yaml.safe_dump([pairs], default_flow_style=False)
+
+
+def write_repo(folder: Path, name: str, model: Any, hyperparams: dict[str, Any], *, venv: Any = None) -> Path:
+    """`folder/name.zip` + `config.yml` (+ `vec_normalize.pkl`), as an RL Zoo repo lays them out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / f"{name}.zip")
+    (folder / "config.yml").write_text(zoo_config_text(hyperparams))
+    if venv is not None:
+        venv.save(str(folder / "vec_normalize.pkl"))
+    return folder
+
+
+def atari_vec_env(env_id: str, n_envs: int, seed: int, *, frame_stack: int = 4, wrapper_kwargs: dict | None = None):
+    """The reference stack: `make_vec_env(wrapper_class=AtariWrapper)` (Monitor under it) + `VecFrameStack`."""
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.atari_wrappers import AtariWrapper
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    gym.register_envs(ale_py)
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed, wrapper_class=AtariWrapper,
+                       wrapper_kwargs=wrapper_kwargs or {})
+    return VecFrameStack(env, frame_stack) if frame_stack else env
+
+
+def train_atari(folder: Path, *, algo: str = "dqn", env_id: str = "SpaceInvadersNoFrameskip-v4", steps: int = 300,
+                frame_stack: int = 4, config_frame_stack: int | None = None, seed: int = 0) -> Path:
+    """A CNN agent trained for a few hundred steps on the RL Zoo Atari stack."""
+    from sb3_contrib import QRDQN
+    from stable_baselines3 import A2C, DQN, PPO
+
+    env = atari_vec_env(env_id, 1 if algo in ("dqn", "qrdqn") else 2, seed, frame_stack=frame_stack)
+    if algo in ("dqn", "qrdqn"):
+        cls = DQN if algo == "dqn" else QRDQN
+        kwargs = {"n_quantiles": 8} if algo == "qrdqn" else {}
+        model = cls("CnnPolicy", env, buffer_size=1_000, learning_starts=100, train_freq=8, batch_size=8,
+                    exploration_fraction=0.5, exploration_final_eps=0.05, optimize_memory_usage=False,
+                    seed=seed, policy_kwargs=kwargs or None)
+    else:
+        cls = PPO if algo == "ppo" else A2C
+        extra = {"n_steps": 32, "batch_size": 32, "n_epochs": 1} if algo == "ppo" else {"n_steps": 16}
+        model = cls("CnnPolicy", env, seed=seed, **extra)
+    model.learn(steps)
+    stack = frame_stack if config_frame_stack is None else config_frame_stack
+    return write_repo(folder, f"{algo}-{env_id}", model, {
+        "env_wrapper": [ATARI_WRAPPER], "frame_stack": stack, "policy": "CnnPolicy", "n_timesteps": steps})
+
+
+def reference_returns(model: Any, venv: Any, *, deterministic: bool = True) -> list[float]:
+    """SB3's `evaluate_policy` on `venv`, one episode per env: env i's (Monitor) return, by index.
+    With `make_vec_env(seed=s)`, env i resets with seed s + i: the protocol's episode i."""
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    n = venv.num_envs
+    out: list[float | None] = [None] * n
+
+    def grab(local: dict, _global: dict) -> None:
+        i, info = local["i"], local["info"]
+        if local["done"] and "episode" in info and out[i] is None:
+            out[i] = float(info["episode"]["r"])
+
+    evaluate_policy(model, venv, n_eval_episodes=n, deterministic=deterministic, callback=grab)
+    return [float(r) for r in out]
