@@ -87,10 +87,12 @@ def to_wire_actions(actions, space, layout, n: int) -> bytes:
 def serve(rfd: int, wfd: int) -> None:
     """Answer the referee until it closes the channel; raises EvaluationError (or worse)."""
     import json
+    from dataclasses import replace
     from pathlib import Path
 
     from evaluator.agents import load_agent
     from evaluator.agents.base import AgentFiles
+    from evaluator.env_wrappers import EnvView
     from evaluator.envs import make_env, resolve_env
     from evaluator.errors import InvalidOutputError
     from evaluator.runner import N_SLOTS, LocalActor, Rows
@@ -105,6 +107,8 @@ def serve(rfd: int, wfd: int) -> None:
         raise InvalidOutputError("the player expected a hello frame")
     hello = json.loads(_read_exact(rfd, length) or b"{}")
     spec = resolve_env(hello["env_id"])
+    if hello.get("env_view") is not None:  # the wrappers and frame stack the referee decided
+        spec = replace(spec, view=EnvView.from_json(hello["env_view"]))
     env = make_env(spec)
     try:
         obs_space, act_space = env.observation_space, env.action_space

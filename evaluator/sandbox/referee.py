@@ -69,7 +69,7 @@ def max_episode_steps(env_id: str) -> int:
         steps = gym.spec(spec.eval_env_id).max_episode_steps
     except Exception:  # an env the registry lacks fails later, when it is made, with its reason
         steps = None
-    steps = spec.eval_env_kwargs.get("max_episode_steps", steps)
+    steps = spec.eval_env_kwargs.get("max_episode_steps", spec.max_episode_steps or steps)
     return int(steps) if steps else DEFAULT_MAX_EPISODE_STEPS
 
 
@@ -282,7 +282,8 @@ def play(job: Job, *, timeout: float | None = None, memory_bytes: int = DEFAULT_
             payload = warm.job_payload(job.root, job.files)
             with warm.pool().job(payload, cpu_seconds=budget + 10) as proc:
                 hello = {"format": job.agent_format, "agent_file": job.agent_file, "files": list(job.files),
-                         "root": proc.hello_root, "env_id": job.env_id, "deterministic": spec.deterministic}
+                         "root": proc.hello_root, "env_id": job.env_id, "deterministic": spec.deterministic,
+                         "env_view": spec.view.to_json() if spec.view else None}
                 remote = RemotePlayer(proc, obs_space, act_space, budget=budget)
                 remote.handshake(hello)
                 return recorded_outcome(job, spec, algo, details, lambda recorder: run_episodes(
@@ -294,7 +295,8 @@ def play(job: Job, *, timeout: float | None = None, memory_bytes: int = DEFAULT_
     try:
         files, root = stage_files(job, staging)
         hello = {"format": job.agent_format, "agent_file": job.agent_file, "files": list(job.files), "root": root,
-                 "env_id": job.env_id, "deterministic": spec.deterministic}
+                 "env_id": job.env_id, "deterministic": spec.deterministic,
+                 "env_view": spec.view.to_json() if spec.view else None}  # the wrappers decided here
         with ConfinedProcess(player_args, memory_bytes=memory_bytes, cpu_seconds=budget + 10, files=files,
                              single_process=True) as proc:
             remote = RemotePlayer(proc, obs_space, act_space, budget=budget)
