@@ -372,6 +372,12 @@ VEC_NORMALIZE_ALLOWLIST: dict[tuple[str, str], Any] = {
         for name in ("__randomstate_ctor", "__bit_generator_ctor", "__generator_ctor")
     },
     ("numpy.random", "__RandomState_ctor"): _RandomStateRecord,
+    # numpy 2 pickles a seeded space's Generator (SB3 2.x `make_vec_env(seed=...)`) through its bit
+    # generator class and SeedSequence: recorded, never constructed
+    **{(f"numpy.random.{module}", name): _RandomStateRecord
+       for module, name in (("_pcg64", "PCG64"), ("_pcg64", "PCG64DXSM"), ("_mt19937", "MT19937"),
+                            ("_philox", "Philox"), ("_sfc64", "SFC64"), ("bit_generator", "SeedSequence"),
+                            ("bit_generator", "__pyx_unpickle_SeedSequence"))},
     **{
         (f"{package}.spaces.{module}", cls): _SpaceRecord
         for package in ("gym", "gymnasium")

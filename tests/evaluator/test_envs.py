@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from evaluator.envs import (
-    ENV_TABLE,
     make_env,
     make_vector_env,
     resolve_env,

@@ -67,17 +67,47 @@ def train_atari(folder: Path, *, algo: str = "dqn", env_id: str = "SpaceInvaders
 
 
 def reference_returns(model: Any, venv: Any, *, deterministic: bool = True) -> list[float]:
-    """SB3's `evaluate_policy` on `venv`, one episode per env: env i's (Monitor) return, by index.
-    With `make_vec_env(seed=s)`, env i resets with seed s + i: the protocol's episode i."""
+    """SB3's `evaluate_policy` on `venv`, one episode per env: env i's first episode return as its
+    Monitor summed it (unrounded: `Monitor.episode_returns`), by index. With `make_vec_env(seed=s)`,
+    env i resets with seed s + i: the protocol's episode i."""
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
 
-    n = venv.num_envs
-    out: list[float | None] = [None] * n
+    evaluate_policy(model, venv, n_eval_episodes=venv.num_envs, deterministic=deterministic)
+    out = []
+    for env in venv.unwrapped.envs:
+        while not isinstance(env, Monitor):
+            env = env.env
+        out.append(float(env.episode_returns[0]))
+    return out
 
-    def grab(local: dict, _global: dict) -> None:
-        i, info = local["i"], local["info"]
-        if local["done"] and "episode" in info and out[i] is None:
-            out[i] = float(info["episode"]["r"])
 
-    evaluate_policy(model, venv, n_eval_episodes=n, deterministic=deterministic, callback=grab)
-    return [float(r) for r in out]
+def model_card(algo: str, env_id: str, mean: float, std: float, *, n_eval: int = 10) -> str:
+    """An RL Zoo model card (README.md front matter) claiming `mean +/- std`."""
+    return (f"---\nlibrary_name: stable-baselines3\ntags:\n- {env_id}\n- deep-reinforcement-learning\n"
+            f"- reinforcement-learning\n- stable-baselines3\nmodel-index:\n- name: {algo.upper()}\n  results:\n"
+            f"  - task:\n      type: reinforcement-learning\n      name: reinforcement-learning\n    dataset:\n"
+            f"      name: {env_id}\n      type: {env_id}\n    metrics:\n    - type: mean_reward\n"
+            f"      value: {mean:.2f} +/- {std:.2f}\n      name: mean_reward\n      verified: false\n---\n\n"
+            f"# **{algo.upper()}** Agent playing **{env_id}**\n")
+
+
+def time_feature_vec_env(env_id: str, n_envs: int, seed: int):
+    """The reference stack of an RL Zoo agent with `env_wrapper: TimeFeatureWrapper`."""
+    from sb3_contrib.common.wrappers import TimeFeatureWrapper
+    from stable_baselines3.common.env_util import make_vec_env
+
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, wrapper_class=TimeFeatureWrapper)
+
+
+def train_time_feature(folder: Path, *, env_id: str = "Pendulum-v1", steps: int = 256, seed: int = 0) -> Path:
+    """PPO with `TimeFeatureWrapper` and `normalize: true` (VecNormalize statistics saved)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = VecNormalize(time_feature_vec_env(env_id, 2, seed), norm_obs=True, norm_reward=True)
+    model = PPO("MlpPolicy", venv, n_steps=64, batch_size=64, n_epochs=2, seed=seed,
+                policy_kwargs={"net_arch": [32, 32]})
+    model.learn(steps)
+    return write_repo(folder, f"ppo-{env_id}", model, {
+        "env_wrapper": [TIME_FEATURE], "normalize": True, "policy": "MlpPolicy", "n_timesteps": steps}, venv=venv)
