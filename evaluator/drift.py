@@ -14,6 +14,15 @@ KNOWN_DRIFT = {
 }
 
 
+for _task in ("Reach", "Push", "Slide", "PickAndPlace", "Stack"):
+    for _dense in ("", "Dense"):
+        KNOWN_DRIFT[f"Panda{_task}{_dense}-v3"] = (
+            "panda-gym v1/v2 agents (SB3 1.x era) run on panda-gym v3 here (gymnasium, PyBullet 3.2.7): "
+            "same task and observation keys, but the drift of the simulation since is not measured "
+            "(the old packages need gym and numpy<2). Compare such scores with care."
+        )
+
+
 def drift_notes(env_key: str | None, saved_with: str | None) -> list[str]:
     """Notes for an agent saved with SB3 `saved_with` (None: unknown, i.e. very old)."""
     note = KNOWN_DRIFT.get(env_key or "")

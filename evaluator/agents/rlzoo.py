@@ -360,7 +360,7 @@ class _RandomStateRecord(StandIn):
     pass
 
 
-_SPACES = ("Box", "Discrete", "MultiDiscrete", "MultiBinary")
+_SPACES = ("Box", "Discrete", "MultiDiscrete", "MultiBinary", "Dict")
 # The allowlist of vec_normalize.pkl, for the one restricted unpickler (evaluator.restricted_pickle).
 VEC_NORMALIZE_ALLOWLIST: dict[tuple[str, str], Any] = {
     ("stable_baselines3.common.vec_env.vec_normalize", "VecNormalize"): _VecNormalizeRecord,
@@ -381,7 +381,7 @@ VEC_NORMALIZE_ALLOWLIST: dict[tuple[str, str], Any] = {
     **{
         (f"{package}.spaces.{module}", cls): _SpaceRecord
         for package in ("gym", "gymnasium")
-        for module, cls in zip(("box", "discrete", "multi_discrete", "multi_binary"), _SPACES, strict=True)
+        for module, cls in zip(("box", "discrete", "multi_discrete", "multi_binary", "dict"), _SPACES, strict=True)
     },
 }
 _HINT = " (VecNormalize statistics need only numpy arrays and a few SB3/gym classes)"
@@ -417,21 +417,29 @@ def parse_vec_normalize(raw: bytes) -> VecNormalizeStats:
         raise CorruptFileError(f"vec_normalize.pkl holds malformed statistics: {str(exc)[:300]}") from exc
 
 
+def _rms_arrays(rms: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, var) of one pickled RunningMeanStd, checked finite and of one shape."""
+    if not isinstance(rms, _RunningMeanStdRecord) or not isinstance(rms.state, dict):
+        raise CorruptFileError(f"vec_normalize.pkl has no observation statistics (`{where}`).")
+    mean = to_array(rms.state.get("mean"), f"vec_normalize.pkl: `{where}.mean`")
+    var = to_array(rms.state.get("var"), f"vec_normalize.pkl: `{where}.var`")
+    if mean.shape != var.shape:
+        raise CorruptFileError(f"vec_normalize.pkl: {where} mean {mean.shape} and var {var.shape} differ in shape.")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var >= 0)):
+        raise CorruptFileError(f"vec_normalize.pkl: the observation statistics ({where}) are not finite.")
+    return mean, var
+
+
 def _vec_normalize_stats(obj: Any) -> VecNormalizeStats:
     if not isinstance(obj, _VecNormalizeRecord) or not isinstance(obj.state, dict):
         raise CorruptFileError("vec_normalize.pkl does not hold a VecNormalize object.")
     state = obj.state
     rms = state.get("obs_rms")
-    if isinstance(rms, dict):
-        raise UnsupportedFormatError("vec_normalize.pkl normalizes dict observations: not supported yet.")
-    if not isinstance(rms, _RunningMeanStdRecord) or not isinstance(rms.state, dict):
-        raise CorruptFileError("vec_normalize.pkl has no observation statistics (`obs_rms`).")
-    mean = to_array(rms.state.get("mean"), "vec_normalize.pkl: `obs_rms.mean`")
-    var = to_array(rms.state.get("var"), "vec_normalize.pkl: `obs_rms.var`")
-    if mean.shape != var.shape:
-        raise CorruptFileError(f"vec_normalize.pkl: mean {mean.shape} and var {var.shape} differ in shape.")
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var >= 0)):
-        raise CorruptFileError("vec_normalize.pkl: the observation statistics are not finite.")
+    if isinstance(rms, dict):  # Dict observations: statistics per key (evaluator.agents.vec_normalize_dict)
+        from evaluator.agents.vec_normalize_dict import dict_stats
+
+        return dict_stats(state, {k: _rms_arrays(v, f"obs_rms[{_short(k)}]") for k, v in rms.items()})
+    mean, var = _rms_arrays(rms, "obs_rms")
     epsilon = to_scalar(state.get("epsilon", 1e-8), "vec_normalize.pkl: `epsilon`")
     clip_obs = to_scalar(state.get("clip_obs", 10.0), "vec_normalize.pkl: `clip_obs`")
     norm_obs = state.get("norm_obs", True)

@@ -48,6 +48,7 @@ from evaluator.agents.sb3_weights import (  # noqa: F401 - re-exported: the weig
     load_state_dict_bytes,
 )
 from evaluator.agents.sb3_zip import read_sb3_zip
+from evaluator.agents.vec_normalize_dict import check_stats_fit
 from evaluator.errors import (
     CorruptFileError,
     InvalidActionError,
@@ -206,7 +207,7 @@ class SB3Policy:
         self.exploration_rate = exploration_rate  # DQN family: epsilon of its stochastic actions
 
     def act(self, obs: np.ndarray, *, deterministic: bool = True, rngs: Any = None) -> np.ndarray:
-        obs = np.asarray(obs)
+        obs = obs if isinstance(obs, dict) else np.asarray(obs)
         if self.obs_stats is not None:
             obs = self.obs_stats.normalize(obs)
         try:
@@ -298,11 +299,7 @@ def load_sb3(files: AgentFiles, observation_space: gym.Space, action_space: gym.
                 "config.yml says the agent was trained with `normalize`, but the repo has no "
                 "vec_normalize.pkl: without its statistics the agent sees unnormalized inputs."
             )
-    if obs_stats is not None and obs_stats.norm_obs and obs_stats.mean.shape != tuple(observation_space.shape or ()):
-        raise SpaceMismatchError(
-            f"vec_normalize.pkl normalizes observations of shape {obs_stats.mean.shape}, but the "
-            f"evaluation env's are {observation_space.shape}."
-        )
+    check_stats_fit(obs_stats, observation_space)  # per key for Dict observations
     details: dict[str, Any] = {
         "sb3_version": saved.sb3_version,
         "policy_class": f"{module}.{class_name}",

@@ -44,6 +44,17 @@ POLICY_CLASSES: dict[tuple[str, str], PolicySpec] = {
     ("sb3_contrib.qrdqn.policies", "CnnPolicy"): PolicySpec("qrdqn", "sb3_contrib.qrdqn.policies:CnnPolicy", cnn=True),
     ("sb3_contrib.tqc.policies", "TQCPolicy"): PolicySpec("tqc", "sb3_contrib.tqc.policies:TQCPolicy"),
     ("sb3_contrib.tqc.policies", "CnnPolicy"): PolicySpec("tqc", "sb3_contrib.tqc.policies:CnnPolicy", cnn=True),
+    # Dict observations (panda-gym, course unit 6): SB3's CombinedExtractor over the env's Dict space
+    (f"{_SB3}.common.policies", "MultiInputActorCriticPolicy"): PolicySpec(
+        "actor_critic", f"{_SB3}.common.policies:MultiInputActorCriticPolicy"
+    ),
+    (f"{_SB3}.dqn.policies", "MultiInputPolicy"): PolicySpec("dqn", f"{_SB3}.dqn.policies:MultiInputPolicy"),
+    (f"{_SB3}.sac.policies", "MultiInputPolicy"): PolicySpec("sac", f"{_SB3}.sac.policies:MultiInputPolicy"),
+    (f"{_SB3}.td3.policies", "MultiInputPolicy"): PolicySpec("td3", f"{_SB3}.td3.policies:MultiInputPolicy"),
+    ("sb3_contrib.tqc.policies", "MultiInputPolicy"): PolicySpec("tqc", "sb3_contrib.tqc.policies:MultiInputPolicy"),
+    ("sb3_contrib.qrdqn.policies", "MultiInputPolicy"): PolicySpec(
+        "qrdqn", "sb3_contrib.qrdqn.policies:MultiInputPolicy"
+    ),
     ("sb3_contrib.ars.policies", "ARSPolicy"): PolicySpec("ars", "sb3_contrib.ars.policies:ARSPolicy"),
     ("sb3_contrib.ars.policies", "ARSLinearPolicy"): PolicySpec("ars", "sb3_contrib.ars.policies:ARSLinearPolicy"),
 }

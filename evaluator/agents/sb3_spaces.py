@@ -35,7 +35,8 @@ def _saved_kind(desc: Any, which: str) -> str:
     if not match:
         raise UnsupportedFormatError(f"The agent's {which} is a {_clip(desc[':type:'])}: not a gym space.")
     kind = match.group(2)
-    if kind not in ("Box", "Discrete", "MultiDiscrete", "MultiBinary"):
+    dict_obs = kind == "Dict" and which == "observation_space"
+    if kind not in ("Box", "Discrete", "MultiDiscrete", "MultiBinary") and not dict_obs:
         raise UnsupportedFormatError(f"The agent's {which} is a {kind} space: not supported yet.")
     return kind
 
@@ -114,6 +115,10 @@ def check_space(desc: Any, env_space: gym.Space, which: str) -> gym.Space:
     """Compare the space the zip describes with the env's; return the space to build the policy
     with (the env's own, channel-first when SB3 transposed an image observation)."""
     kind = _saved_kind(desc, which)
+    if kind == "Dict":
+        from evaluator.agents.sb3_dict import check_dict_space
+
+        return check_dict_space(desc, env_space, which)
     if kind == "Box":
         shape = tuple(_int_list(desc.get("shape", desc.get("_shape"))) or ())
         dtype = desc.get("dtype")

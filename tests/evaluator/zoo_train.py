@@ -111,3 +111,23 @@ def train_time_feature(folder: Path, *, env_id: str = "Pendulum-v1", steps: int 
     model.learn(steps)
     return write_repo(folder, f"ppo-{env_id}", model, {
         "env_wrapper": [TIME_FEATURE], "normalize": True, "policy": "MlpPolicy", "n_timesteps": steps}, venv=venv)
+
+
+def panda_vec_env(env_id: str, n_envs: int, seed: int):
+    import panda_gym  # noqa: F401
+    from stable_baselines3.common.env_util import make_vec_env
+
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed)
+
+
+def train_panda(folder: Path, *, env_id: str = "PandaReachDense-v3", steps: int = 200, seed: int = 0) -> Path:
+    """The course's unit 6 recipe, small: A2C, MultiInputPolicy, VecNormalize(norm_obs=True, norm_reward=True)."""
+    from stable_baselines3 import A2C
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = VecNormalize(panda_vec_env(env_id, 2, seed), norm_obs=True, norm_reward=True, clip_obs=10.0)
+    model = A2C("MultiInputPolicy", venv, n_steps=8, seed=seed, policy_kwargs={"net_arch": [32, 32]})
+    model.learn(steps)
+    return write_repo(folder, f"a2c-{env_id}", model, {
+        "normalize": "dict(norm_obs=True, norm_reward=True)", "policy": "MultiInputPolicy", "n_timesteps": steps},
+        venv=venv)
