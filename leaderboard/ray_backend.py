@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2  # results and replays only: agents never travel through it
 WAIT_SECONDS = 1.0  # how long one ray.wait blocks before the head looks at its queue again
+RESOURCES_SECONDS = 30.0  # how often the head asks Ray how many CPUs the cluster has
 
 
 class RayUnavailableError(RuntimeError):
@@ -159,6 +160,7 @@ class RayHead:
         self.in_flight: dict[Any, Request] = {}
         self.started: dict[Any, float] = {}
         self.stats = WorkerStats()
+        self._bound: tuple[float, int] | None = None  # (when, max in flight)
         # The recording path of a local worker, fed the task's result: one way to end a request.
         self.recorder = Worker(store, config=config, owner=self.owner)
         from .ray_task import run_evaluation
@@ -166,10 +168,15 @@ class RayHead:
         self.remote = self.ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(run_evaluation)
 
     def max_in_flight(self) -> int:
+        """The bound on tasks in flight: given, or the cluster's CPUs + 1 (asked of Ray at most
+        every `RESOURCES_SECONDS`: nodes come and go)."""
         if self.options.max_in_flight:
             return self.options.max_in_flight
-        cpus = int(self.ray.cluster_resources().get("CPU", 1))
-        return max(cpus, 1) + 1
+        now = time.monotonic()
+        if self._bound is None or now - self._bound[0] > RESOURCES_SECONDS:
+            cpus = int(self.ray.cluster_resources().get("CPU", 1))
+            self._bound = (now, max(cpus, 1) + 1)
+        return self._bound[1]
 
     def submit(self, request: Request) -> None:
         ref = self.remote.remote(task_of(request, self.config))
