@@ -1,8 +1,9 @@
 """panda-gym (course unit 6: A2C on PandaReachDense, Dict observations, VecNormalize).
 
 `import panda_gym` registers its v3 ids. PyBullet prints its build banner and arguments with C
-`printf` on file descriptor 1 when a physics client connects: with `--json`, stdout must carry one
-JSON document only, so env creation runs with fd 1 pointed at stderr.
+`printf` on file descriptor 1 when a physics client connects (buffered by libc when stdout is a
+pipe): with `--json`, stdout must carry one JSON document only, so env creation runs with fd 1
+pointed at stderr and libc's buffers flushed before it is pointed back.
 
 The RL Zoo's older agents name `PandaReach-v1` (panda-gym 1.x, on gym) and the course's earlier
 editions `PandaReachDense-v2` (panda-gym 2.x): aliased to v3, the same task with the same Dict
@@ -36,8 +37,18 @@ def quiet_stdout() -> Iterator[None]:
         yield
     finally:
         sys.stdout.flush()
+        _flush_c_stdio()  # C printf is buffered (a pipe is not a tty): flush it while fd 1 is stderr
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no libc symbols here: nothing buffered we could flush
+        pass
 
 
 def make_panda(env_id: str, **kwargs: Any) -> gym.Env:

@@ -37,6 +37,7 @@ import course_agents as ca
 import gymnasium as gym
 import numpy as np
 import torch
+import zoo_agents as za
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
@@ -332,6 +333,15 @@ COURSE_AGENTS: tuple[CourseAgent, ...] = (
 )
 
 
+# RL Zoo repos of the families issue 11 added (scripts/zoo_agents.py): small budgets, honest cards
+# measured with evaluate_policy on the RL Zoo's own stack (stochastic for Atari, as the RL Zoo does).
+ZOO_AGENTS: tuple[CourseAgent, ...] = (
+    CourseAgent("ppo-spaceinvaders", "arcade-ana", "ppo-SpaceInvadersNoFrameskip-v4", za.demo_atari),
+    CourseAgent("a2c-pandareach", "robo-rui", "a2c-PandaReachDense-v3", za.demo_panda),
+    CourseAgent("ppo-pendulum-timefeature", "robo-rui", "ppo-Pendulum-v1", za.demo_time_feature),
+)
+
+
 def build_course_agent(agent: CourseAgent, out: Path) -> str:
     """Train and package one course-format repo; its summary line."""
     log(f"training {agent.repo_id} (course format)")
@@ -339,9 +349,11 @@ def build_course_agent(agent: CourseAgent, out: Path) -> str:
     folder = agent.build(out / agent.user / agent.repo)
     seconds = time.perf_counter() - started
     results = json.loads((folder / "results.json").read_text())
-    log(f"  {agent.repo_id}: course evaluation {results['mean_reward']:.2f} in {seconds:.0f} s")
+    log(f"  {agent.repo_id}: card evaluation {results['mean_reward']:.2f} in {seconds:.0f} s")
     mean = results["mean_reward"]
-    return f"| {agent.repo_id} | course format | {mean:.2f} (course evaluate_agent) | {seconds:.0f} s |"
+    how = "RL Zoo evaluate_policy" if agent in ZOO_AGENTS else "course evaluate_agent"
+    return f"| {agent.repo_id} | {'RL Zoo repo' if agent in ZOO_AGENTS else 'course format'} | {mean:.2f} ({how}) " \
+           f"| {seconds:.0f} s |"
 
 
 # --------------------------------------------------------------------------- packaging
@@ -443,9 +455,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=[agent.name for agent in (*AGENTS, *COURSE_AGENTS)],
+        choices=[agent.name for agent in (*AGENTS, *COURSE_AGENTS, *ZOO_AGENTS)],
         metavar="NAME",
-        help=f"train only this agent (repeatable): {', '.join(a.name for a in (*AGENTS, *COURSE_AGENTS))}",
+        help="train only this agent (repeatable): "
+             f"{', '.join(a.name for a in (*AGENTS, *COURSE_AGENTS, *ZOO_AGENTS))}",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -472,6 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     for course_agent in COURSE_AGENTS:
         if not args.only or course_agent.name in args.only:
             summary.append(build_course_agent(course_agent, args.out))
+    for zoo_agent in ZOO_AGENTS:
+        if not args.only or zoo_agent.name in args.only:
+            summary.append(build_course_agent(zoo_agent, args.out))
 
     print("\n| repo | card claim (10 ep) | measured (50 ep, seeds 0..49) | verdict | steps | train time | zip |")
     print("|---|---|---|---|---|---|---|")

@@ -25,7 +25,8 @@ from . import render
 PAGE_SIZE = 25
 MAX_PAGE_SIZE = 100
 VERDICTS = ("consistent", "inflated", "unverifiable", "absent")
-FAMILY_NAMES = {"classic_control": "Classic control", "box2d": "Box2D", "toy_text": "Toy text", "atari": "Atari"}
+FAMILY_NAMES = {"classic_control": "Classic control", "box2d": "Box2D", "toy_text": "Toy text", "atari": "Atari",
+                "panda": "panda-gym"}
 
 
 def jsonable(frame: pd.DataFrame) -> list[dict[str, Any]]:

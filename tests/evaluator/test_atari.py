@@ -20,7 +20,7 @@ from evaluator.envs import make_env, resolve_env
 from evaluator.errors import InvalidWeightsError, SpaceMismatchError, UnsafeContentError, UnsupportedFormatError
 from evaluator.job import Job, describe, execute
 from evaluator.runner import BASE_SEED, public_seeds, run_episodes
-from tests.evaluator.zoo_train import ATARI_WRAPPER, atari_vec_env, reference_returns, train_atari, zoo_config_text
+from scripts.zoo_agents import ATARI_WRAPPER, atari_vec_env, reference_returns, train_atari, zoo_config_text
 
 GAME = "SpaceInvadersNoFrameskip-v4"
 

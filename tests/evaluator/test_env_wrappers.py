@@ -16,7 +16,7 @@ from evaluator.envs import make_env, resolve_env
 from evaluator.errors import UnsafeContentError, UnsupportedFormatError
 from evaluator.job import Job, describe, execute
 from evaluator.runner import BASE_SEED, public_seeds, run_episodes
-from tests.evaluator.zoo_train import reference_returns, time_feature_vec_env, train_time_feature
+from scripts.zoo_agents import reference_returns, time_feature_vec_env, train_time_feature
 
 ENV = "Pendulum-v1"
 

@@ -17,7 +17,7 @@ from evaluator.envs import make_env, resolve_env
 from evaluator.errors import SpaceMismatchError
 from evaluator.job import Job, describe, execute
 from evaluator.runner import BASE_SEED, public_seeds, run_episodes
-from tests.evaluator.zoo_train import panda_vec_env, reference_returns, train_panda
+from scripts.zoo_agents import panda_vec_env, reference_returns, train_panda
 
 ENV = "PandaReachDense-v3"
 ZIP = f"a2c-{ENV}.zip"

@@ -1,6 +1,10 @@
-"""Tiny RL Zoo-style agents trained in seconds (no real agent of these families is in ../shared):
-an SB3 zip saved by SB3 itself, beside the `config.yml` RL Zoo writes (its OrderedDict YAML) and,
-when asked, `vec_normalize.pkl`. The point is fidelity, not strength."""
+"""RL Zoo-style agents of the families issue 11 added (Atari, panda-gym, an env wrapper), trained
+small (seconds to minutes) and laid out as RL Zoo repos: the SB3 zip saved by SB3 itself, the
+`config.yml` RL Zoo writes (its OrderedDict YAML), `vec_normalize.pkl` where the agent normalizes,
+and a model card. Used by `scripts/train_demo_agents.py` (demo_hub) and by the tests, which also
+use the reference stacks here (`make_vec_env` + the RL Zoo's wrappers, `evaluate_policy`).
+No real agent of these families is in ../shared; the point is fidelity, not strength.
+"""
 
 from __future__ import annotations
 
@@ -131,3 +135,65 @@ def train_panda(folder: Path, *, env_id: str = "PandaReachDense-v3", steps: int 
     return write_repo(folder, f"a2c-{env_id}", model, {
         "normalize": "dict(norm_obs=True, norm_reward=True)", "policy": "MultiInputPolicy", "n_timesteps": steps},
         venv=venv)
+
+
+def write_card(folder: Path, algo: str, env_id: str, model: Any, venv: Any, *, deterministic: bool,
+               n_episodes: int = 10) -> tuple[float, float]:
+    """What the RL Zoo's card claims: `evaluate_policy` on the reference stack `venv` (the Monitor's
+    scores: Atari's full games), written as README.md + results.json; the claim is returned."""
+    import json
+
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    mean, std = evaluate_policy(model, venv, n_eval_episodes=n_episodes, deterministic=deterministic)
+    (folder / "README.md").write_text(model_card(algo, env_id, float(mean), float(std)))
+    (folder / "results.json").write_text(json.dumps({"mean_reward": float(mean), "std_reward": float(std),
+                                                     "is_deterministic": deterministic,
+                                                     "n_eval_episodes": n_episodes}))
+    return float(mean), float(std)
+
+
+def demo_atari(folder: Path, steps: int = 20_000, seed: int = 21) -> Path:
+    """The demo's unit 3 agent: a PPO CnnPolicy on SpaceInvaders, trained for minutes."""
+    from stable_baselines3 import PPO
+
+    env_id = "SpaceInvadersNoFrameskip-v4"
+    venv = atari_vec_env(env_id, 8, seed)
+    model = PPO("CnnPolicy", venv, n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, clip_range=0.1,
+                ent_coef=0.01, vf_coef=0.5, seed=seed)
+    model.learn(steps)
+    write_repo(folder, f"ppo-{env_id}", model, {"env_wrapper": [ATARI_WRAPPER], "frame_stack": 4,
+                                                 "policy": "CnnPolicy", "n_timesteps": steps})
+    write_card(folder, "ppo", env_id, model, atari_vec_env(env_id, 1, 0), deterministic=False)
+    return folder
+
+
+def demo_panda(folder: Path, steps: int = 20_000, seed: int = 22) -> Path:
+    """The demo's unit 6 agent: A2C MultiInputPolicy with VecNormalize on PandaReachDense-v3."""
+    from stable_baselines3 import A2C
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    env_id = "PandaReachDense-v3"
+    venv = VecNormalize(panda_vec_env(env_id, 4, seed), norm_obs=True, norm_reward=True, clip_obs=10.0)
+    model = A2C("MultiInputPolicy", venv, seed=seed)
+    model.learn(steps)
+    write_repo(folder, f"a2c-{env_id}", model, {"normalize": "dict(norm_obs=True, norm_reward=True)",
+                                                 "policy": "MultiInputPolicy", "n_timesteps": steps}, venv=venv)
+    eval_env = VecNormalize.load(str(folder / "vec_normalize.pkl"), panda_vec_env(env_id, 1, 0))
+    eval_env.training, eval_env.norm_reward = False, False
+    write_card(folder, "a2c", env_id, model, eval_env, deterministic=True)
+    return folder
+
+
+def demo_time_feature(folder: Path, steps: int = 20_000, seed: int = 23) -> Path:
+    """The demo's env-wrapper agent: PPO with TimeFeatureWrapper and normalize on Pendulum-v1."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    train_time_feature(folder, steps=steps, seed=seed)
+    from stable_baselines3 import PPO
+
+    model = PPO.load(folder / "ppo-Pendulum-v1.zip")
+    eval_env = VecNormalize.load(str(folder / "vec_normalize.pkl"), time_feature_vec_env("Pendulum-v1", 1, 0))
+    eval_env.training, eval_env.norm_reward = False, False
+    write_card(folder, "ppo", "Pendulum-v1", model, eval_env, deterministic=True)
+    return folder
