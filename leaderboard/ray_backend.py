@@ -106,13 +106,14 @@ def start_ray(options: RayOptions) -> bool:
 def task_of(request: Request, config: WorkerConfig) -> dict[str, Any]:
     """A request as a task: the repo id and sha the node downloads, and the seeds it plays (as
     many as the request's episodes: chosen here, where the private salt is)."""
-    from evaluator.envs import resolve_env
+    from evaluator.envs import FAMILY_EPISODES, resolve_env
+    from evaluator.errors import UnknownEnvError
     from evaluator.evaluate import _choose_seeds
 
     try:
         n = request.episodes or resolve_env(request.env_key).n_episodes
-    except Exception:  # an env key the table no longer knows: the evaluation fails with the reason
-        n = request.episodes or 1
+    except UnknownEnvError:  # the node says why it cannot evaluate; seeds are a prefix, so the most any env plays
+        n = max(FAMILY_EPISODES.values())
     seeds = _choose_seeds(n)
     return {"request_id": request.id, "repo_id": request.repo_id, "revision": request.revision,
             "env_id": request.env_id, "episodes": request.episodes, "seed_set": seeds.name,
