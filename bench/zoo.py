@@ -1,6 +1,6 @@
 """Throughput of full-protocol evaluations on real agents: what re-evaluating the community costs.
 
-    .venv/bin/python scripts/bench_zoo.py [--root ../shared/agents/zoo] [--limit N]
+    .venv/bin/python bench/zoo.py [--root ../shared/agents/zoo] [--limit N]
 
 Serves ROOT with localhost's localhub and, for each repo, times (a) the agent work in this
 process (`evaluator.job.execute`, imports already paid: the floor) and (b) the full

@@ -210,10 +210,20 @@ def download_file(repo_id: str, name: str, sha: str, *, size: int | None, limit:
                   token: str | bool | None = None) -> Path:
     """One file of a pinned revision, never more than `limit` bytes: the size the Hub states
     (listing, else the file's HEAD) is checked before downloading; a file whose size nobody
-    states is streamed into the snapshot folder with the cap. Call inside `hub_errors`."""
+    states is streamed into the snapshot folder with the cap; a file of known size is fetched with
+    one GET into the snapshot folder (no HEAD per file: the listing's one call gave every size,
+    and a sha never changes content). Call inside `hub_errors`."""
     from huggingface_hub import hf_hub_download, hf_hub_url
 
     _check_size(name, size, limit)
+    if size is not None:  # the listing said its size: one GET, no HEAD (the sha pins the content)
+        target = _snapshot_dir(repo_id, sha, cache_dir).joinpath(*name.split("/"))
+        if not (target.is_file() and target.stat().st_size == size):
+            _stream_capped(hf_hub_url(repo_id, name, revision=sha, endpoint=endpoint), target, name, limit, token)
+        if target.stat().st_size != size:
+            raise errors.CorruptFileError(
+                f"{name}: the Hub listed {size:,} bytes but sent {target.stat().st_size:,}; try again later")
+        return target
     if size is None:
         metadata = _file_metadata(hf_hub_url(repo_id, name, revision=sha, endpoint=endpoint), token)
         _check_size(name, metadata.size, limit)

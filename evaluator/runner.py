@@ -193,11 +193,11 @@ def check_actions(space: gym.Space, actions: np.ndarray, slots: Sequence[int]) -
         return None
     rows = a[list(slots)]
     if isinstance(space, spaces.Discrete):
-        if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+        if a.ndim != 1 or a.dtype.kind not in "iu":
             return None
-        if not bool(np.all((rows >= space.start) & (rows < space.start + space.n))):
-            return None
-        return rows.tolist()
+        values = rows.tolist()  # a few Python ints: cheaper to check here than with numpy calls
+        low, high = int(space.start), int(space.start) + int(space.n)
+        return values if all(low <= v < high for v in values) else None
     if isinstance(space, spaces.Box):
         if a.shape[1:] != space.shape or not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(rows)):
             return None

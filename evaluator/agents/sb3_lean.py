@@ -81,12 +81,21 @@ def _plain_observations(space: spaces.Space) -> bool:
 
 def clear_lead(logits: np.ndarray) -> bool:
     """Whether every row's best logit leads the others by more than any rounding of SB3's
-    `softmax(logits - logsumexp(logits))` can close (all finite, at least two actions)."""
-    if logits.shape[1] < 2 or not np.all(np.isfinite(logits)):
-        return logits.shape[1] == 1 and bool(np.all(np.isfinite(logits)))
-    top2 = np.partition(logits, -2, axis=1)[:, -2:]
-    scale = 1.0 + 2.0 * float(np.max(np.abs(logits))) + math.log(logits.shape[1])
-    return bool(np.all(top2[:, 1] - top2[:, 0] > _TIE_ULPS * _F32_EPS * scale))
+    `softmax(logits - logsumexp(logits))` can close (all finite). Plain Python on the few
+    numbers of a batch: cheaper than the numpy calls it replaces."""
+    rows = logits.tolist()
+    top, lead = 0.0, math.inf
+    for row in rows:
+        if not math.isfinite(sum(row)):  # NaN or inf (or an overflowing sum): SB3's path decides
+            return False
+        if len(row) < 2:
+            continue
+        ordered = sorted(row)
+        top = max(top, -ordered[0], ordered[-1])
+        lead = min(lead, ordered[-1] - ordered[-2])
+    if not rows or len(rows[0]) < 2:
+        return True
+    return lead > _TIE_ULPS * _F32_EPS * (1.0 + 2.0 * top + math.log(len(rows[0])))
 
 
 def _gaussian_mode(hidden: Forward, mean_net: Forward, squash: Forward | None, dist: Any,

@@ -32,6 +32,19 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _read_into(fd: int, buffer: memoryview) -> bool:
+    """Fill `buffer` (one whole frame, usually one read); False at a clean end of input."""
+    got, size = 0, len(buffer)
+    while got < size:
+        n = os.readv(fd, [buffer[got:]])
+        if not n:
+            if got == 0:
+                return False
+            raise EOFError("the referee closed the channel inside a frame")
+        got += n
+    return True
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -73,13 +86,13 @@ def to_wire_actions(actions, space, layout, n: int) -> bytes:
 
     a = np.asarray(actions)
     field = layout.fields[0]
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number)):
+    if a.dtype.kind not in "iufc":  # numbers only (not bool, object, strings)
         raise InvalidActionError(f"The policy returned actions of dtype {a.dtype}: expected numbers for {space}.")
     if a.ndim == 0 or a.shape != (n, *field.shape):
         raise InvalidActionError(
             f"The policy returned actions of shape {a.shape} for a batch of {n} observations: expected "
             f"{(n, *field.shape)}, one action per row, for {space}.")
-    if not isinstance(space, spaces.Box) and not np.issubdtype(a.dtype, np.integer):
+    if not isinstance(space, spaces.Box) and a.dtype.kind not in "iu":
         raise InvalidActionError(f"The policy returned actions of dtype {a.dtype}: expected integers for {space}.")
     return np.ascontiguousarray(a, dtype=field.dtype).tobytes()
 
@@ -121,15 +134,15 @@ def serve(rfd: int, wfd: int) -> None:
     deterministic = bool(hello["deterministic"])
     n = N_SLOTS
     body_size = wire.obs_frame_bytes(obs_layout, n)
+    frame = memoryview(bytearray(wire.HEADER.size + body_size))  # every frame is read into this one buffer
     _write_all(wfd, wire.HEADER.pack(wire.READY, 0))
     while True:
-        header = _read_exact(rfd, wire.HEADER.size)
-        if header is None:
+        if not _read_into(rfd, frame):
             return
-        tag, seq = wire.HEADER.unpack(header)
+        tag, seq = wire.HEADER.unpack(frame[:wire.HEADER.size])
         if tag != wire.OBS:
             raise InvalidOutputError(f"the player expected an observation frame, got {tag!r}")
-        flags, seeds, obs = wire.decode_obs_body(_read_exact(rfd, body_size), obs_layout, n)
+        flags, seeds, obs = wire.decode_obs_body(frame[wire.HEADER.size:], obs_layout, n, copy=False)
         rows = Rows(live=(flags & wire.LIVE) != 0, started=(flags & wire.EPISODE_START) != 0, action_seeds=seeds)
         actions = actor.act_rows(obs, rows, deterministic=deterministic)
         _write_all(wfd, wire.HEADER.pack(wire.ACT, seq) + to_wire_actions(actions, act_space, act_layout, n))

@@ -100,6 +100,8 @@ class RemotePlayer:
         self.seq = 0
         self.calls = 0
         self.wfd, self.rfd = proc.channel_fds()
+        self._pending = b""  # bytes read ahead of the frame being parsed (at most one action frame's)
+        self._readahead = wire.HEADER.size + self.act_layout.batch_bytes(N_SLOTS)
         self._pollers = {}
         for fd, event in ((self.wfd, select.POLLOUT), (self.rfd, select.POLLIN)):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -135,15 +137,23 @@ class RemotePlayer:
             self._wait(self.wfd, select.POLLOUT, until, "read its observations")
 
     def _recv(self, n: int, until: float, what: str) -> bytes:
+        """`n` bytes of the player's answer. One read takes up to a whole action frame (header and
+        actions in one system call); what it takes beyond `n` is kept for the next `_recv`."""
         chunks, got = [], 0
+        if self._pending:
+            chunks.append(self._pending[:n])
+            self._pending = self._pending[n:]
+            got = len(chunks[0])
         while got < n:  # read first, wait only when nothing is there yet
             try:
-                chunk = os.read(self.rfd, n - got)
+                chunk = os.read(self.rfd, max(n - got, self._readahead))
             except BlockingIOError:
                 self._wait(self.rfd, select.POLLIN, until, what)
                 continue
             if not chunk:
                 self._died()
+            if len(chunk) > n - got:
+                chunk, self._pending = chunk[:n - got], chunk[n - got:]
             chunks.append(chunk)
             got += len(chunk)
         if time.monotonic() > until:  # an answer that arrived late is late, even if it was ready

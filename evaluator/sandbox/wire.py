@@ -19,6 +19,7 @@ checks them exactly as an in-process run does.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass
@@ -49,9 +50,13 @@ class Field:
     dtype: np.dtype
     shape: tuple[int, ...]
 
-    @property
+    @functools.cached_property
+    def row_items(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @functools.cached_property
     def row_bytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return self.row_items * self.dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -75,13 +80,13 @@ class Layout:
             parts.append(np.ascontiguousarray(a, dtype=f.dtype).tobytes())
         return b"".join(parts)
 
-    def decode(self, data: bytes, n: int) -> Any:
+    def decode(self, data: bytes | bytearray | memoryview, n: int, *, copy: bool = True) -> Any:
+        """The batch in `data`; `copy=False` returns views of `data` (valid while it is)."""
         out, offset = {}, 0
         for f in self.fields:
-            size = n * f.row_bytes
-            out[f.key] = np.frombuffer(data, dtype=f.dtype, count=n * int(np.prod(f.shape, dtype=np.int64)),
-                                       offset=offset).reshape((n, *f.shape)).copy()
-            offset += size
+            view = np.frombuffer(data, dtype=f.dtype, count=n * f.row_items, offset=offset).reshape((n, *f.shape))
+            out[f.key] = view.copy() if copy else view
+            offset += n * f.row_bytes
         return out if self.is_dict else out[None]
 
 
@@ -124,10 +129,14 @@ def encode_obs(seq: int, flags: np.ndarray, seeds: np.ndarray, body: bytes) -> b
     return HEADER.pack(OBS, seq) + np.asarray(flags, "<u1").tobytes() + np.asarray(seeds, "<u8").tobytes() + body
 
 
-def decode_obs_body(data: bytes, layout: Layout, n: int) -> tuple[np.ndarray, np.ndarray, Any]:
-    flags = np.frombuffer(data, "<u1", count=n, offset=0).copy()
-    seeds = np.frombuffer(data, "<u8", count=n, offset=n).copy()
-    return flags, seeds, layout.decode(data[9 * n:], n)
+def decode_obs_body(data: bytes | bytearray | memoryview, layout: Layout, n: int, *,
+                    copy: bool = True) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(flags, action seeds, observations) of an OBS body; `copy=False`: views of `data` (the
+    player reads each frame into one preallocated buffer and uses it before the next)."""
+    flags = np.frombuffer(data, "<u1", count=n, offset=0)
+    seeds = np.frombuffer(data, "<u8", count=n, offset=n)
+    obs = layout.decode(memoryview(data)[9 * n:], n, copy=copy)
+    return (flags.copy(), seeds.copy(), obs) if copy else (flags, seeds, obs)
 
 
 def encode_hello(doc: dict[str, Any]) -> bytes:

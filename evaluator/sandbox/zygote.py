@@ -265,6 +265,13 @@ def main() -> None:
     from .limits import apply_limits_from_env
 
     apply_limits_from_env()
+    # Not dumpable: without root a job's fork has the zygote's uid, and a dumpable zygote's memory
+    # would be writable through /proc/PID/mem by it (a fork that could rewrite the zygote would
+    # reach every later job). Forks inherit it; as root they have another uid anyway.
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        raise OSError(ctypes.get_errno(), "PR_SET_DUMPABLE failed")
     from .player import _preload
 
     _preload()
