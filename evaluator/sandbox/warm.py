@@ -335,13 +335,19 @@ class WarmPool:
         try:
             with contextlib.ExitStack() as stack:
                 uid = stack.enter_context(lease_uid()) if zygote.proc.conf.drops_root else None
-                job = WarmJob(zygote, files, uid=uid, cpu_seconds=cpu_seconds)
+                try:
+                    job = WarmJob(zygote, files, uid=uid, cpu_seconds=cpu_seconds)
+                except BaseException:
+                    zygote.close()  # before the uid lease ends
+                    raise
                 try:
                     yield job
                     ok = True
                 finally:
                     job.close()  # reaped before the uid lease ends
                     self.last_job_cpu = job.cpu
+                    if zygote.broken:  # its sandbox (and the fork in it) gone before the uid is free again
+                        zygote.close()
                 ok = ok and job.status == 0
         finally:
             self._put_back(zygote, ok)
