@@ -9,8 +9,8 @@
   warm job         the same on a warm player: fork, jail, files over the socket, load, episode
   replay           the same agent's full protocol with and without its replay (episode 0
                    rendered and encoded by the referee)
-CPU seconds are the referee's (this process) plus the player's (RUSAGE_CHILDREN for cold
-players, the zygote's wait4 for warm jobs); medians of `--repeat`; ratios against the cold job
+CPU seconds are the referee's (this process) plus the player's (/proc before a cold player is
+killed: bench/cold_cpu.py; the zygote's wait4 for warm jobs); medians of `--repeat`; ratios against the cold job
 measured in the same run.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -37,18 +36,16 @@ from evaluator.sandbox import referee, warm  # noqa: E402
 ZOO = Path(__file__).resolve().parents[2] / "shared" / "agents" / "zoo" / "sb3"
 
 
-def children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def timed_play(job: Job, mode: str) -> tuple[float, float]:
     """(wall s, CPU s of referee + player) of one play."""
+    from bench.cold_cpu import ColdPlayerCpu
+
     os.environ[warm.ENABLED_ENV] = "1" if mode == "warm" else "0"
     warm.pool().last_job_cpu = None
-    wall, cpu, kids = time.perf_counter(), time.process_time(), children_cpu()
-    referee.play(job)
-    player = warm.pool().last_job_cpu if mode == "warm" else children_cpu() - kids
+    wall, cpu = time.perf_counter(), time.process_time()
+    with ColdPlayerCpu() as cold:
+        referee.play(job)
+    player = warm.pool().last_job_cpu if mode == "warm" else cold.seconds
     return time.perf_counter() - wall, time.process_time() - cpu + (player or 0.0)
 
 

@@ -70,11 +70,10 @@ def run(mode: str, repos: list[str], hub_url: str, work: Path, concurrency: int)
 
 def cpu_per_agent(mode: str, repos: list[str], hub_url: str, work: Path) -> float:
     """CPU seconds per evaluation, referee plus player, the agents evaluated one after another
-    in this process: a figure the machine's other load barely moves (wall time under load does).
-    Cold players are waited for here (RUSAGE_CHILDREN); a warm job's fork is measured by its
-    zygote (wait4). Downloads are done once beforehand, as a worker's cache would hold them."""
-    import resource
-
+    in this process: a figure the machine's other load moves much less than wall time. A cold
+    player's CPU is read from /proc before it is killed (bench/cold_cpu.py); a warm job's fork is
+    measured by its zygote (wait4). Downloads are done once beforehand, as a worker's cache would hold them."""
+    from bench.cold_cpu import ColdPlayerCpu
     from evaluator.evaluate import evaluate
     from evaluator.sandbox import warm
 
@@ -83,12 +82,11 @@ def cpu_per_agent(mode: str, repos: list[str], hub_url: str, work: Path) -> floa
     evaluate(repos[0], endpoint=hub_url, cache_dir=cache, token=False)  # a warm player started, imports paid
     total = 0.0
     for repo in repos:
-        before, children = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        before = time.process_time()
         warm.pool().last_job_cpu = None
-        result = evaluate(repo, endpoint=hub_url, cache_dir=cache, token=False)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        player = (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) if mode == "cold" \
-            else (warm.pool().last_job_cpu or 0.0)
+        with ColdPlayerCpu() as cold:
+            result = evaluate(repo, endpoint=hub_url, cache_dir=cache, token=False)
+        player = cold.seconds if mode == "cold" else (warm.pool().last_job_cpu or 0.0)
         total += time.process_time() - before + player
         assert result.status == "finished", (repo, result.error)
     return total / len(repos)
