@@ -26,6 +26,7 @@ from .runner import (
     PROTOCOL_VERSION,
     EpisodeResults,
     SeedSet,
+    _action_secret,
     private_seeds,
     public_seeds,
 )
@@ -132,9 +133,11 @@ def evaluate(repo_id: str, *, revision: str | None = None, env_id: str | None = 
         elif len(seeds) < n:
             raise ValueError(f"{len(seeds)} seeds given for {n} episodes")
         else:
-            seeds = SeedSet(seeds.name, tuple(seeds.seeds[:n]))
+            seeds = SeedSet(seeds.name, tuple(seeds.seeds[:n]), getattr(seeds, "action_key", None))
+        key = _action_secret(seeds)
         job = Job(str(snapshot.root), snapshot.agent_format, snapshot.agent_file, snapshot.files,
-                  requested, n, tuple(seeds), video_path=str(video_path) if video_path else None)
+                  requested, n, tuple(seeds), video_path=str(video_path) if video_path else None,
+                  seed_set=seeds.name, action_key=key.hex() if key else None)
         result.seed_set = seeds.name  # failed rows too: a private row's seeds are never published
         try:
             outcome = run_job(job, processes=processes, progress=progress)

@@ -32,6 +32,15 @@ class Job:
     seeds: tuple[int, ...]
     episode_indices: tuple[int, ...] | None = None  # None: all episodes
     video_path: str | None = None  # record the replay of episode 0 here (mp4)
+    seed_set: str = "public"  # the set `seeds` come from
+    action_key: str | None = None  # hex; the private set's action-seed key (never the salt)
+
+    def seed_set_of(self):
+        """`seeds` as the runner's SeedSet: on the private set, the action seeds are keyed with
+        `action_key` (without it the runner would derive them with the public key)."""
+        from .runner import SeedSet
+
+        return SeedSet(self.seed_set, tuple(self.seeds), bytes.fromhex(self.action_key) if self.action_key else None)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -118,5 +127,5 @@ def execute(job: Job, progress: Callable[[int, int], None] | None = None) -> Job
     finally:
         env.close()
     return recorded_outcome(job, spec, algo, details, lambda recorder: run_episodes(
-        agent.policy, spec, n_episodes=job.n_episodes, seeds=job.seeds, episode_indices=job.episode_indices,
+        agent.policy, spec, n_episodes=job.n_episodes, seeds=job.seed_set_of(), episode_indices=job.episode_indices,
         progress=progress, recorder=recorder))

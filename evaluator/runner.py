@@ -54,10 +54,13 @@ def protocol_constants() -> dict[str, int]:
 
 @dataclass(frozen=True)
 class SeedSet(Sequence[int]):
-    """Per-episode reset seeds plus the name of the set they come from."""
+    """Per-episode reset seeds plus the name of the set they come from, and, on the private set,
+    the key of its action seeds (derived from the salt where the salt is: whoever runs the
+    episodes elsewhere, a Ray node say, gets the key with the seeds, never the salt)."""
 
     name: str
     seeds: tuple[int, ...]
+    action_key: bytes | None = None
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -91,7 +94,7 @@ def private_seeds(n: int, salt: str | bytes | None = None) -> SeedSet:
         msg = f"evaluator/protocol-v{PROTOCOL_VERSION}/seed/{i}".encode()
         digest = hmac.new(key, msg, hashlib.sha256).digest()
         seeds.append(int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF)
-    return SeedSet(PRIVATE, tuple(seeds))
+    return SeedSet(PRIVATE, tuple(seeds), hmac.new(key, b"action-seeds", hashlib.sha256).digest())
 
 
 @dataclass
@@ -218,10 +221,15 @@ def action_seed(env_seed: int, secret: bytes | None = None) -> int:
 
 
 def _action_secret(seeds: Sequence[int]) -> bytes | None:
-    if isinstance(seeds, SeedSet) and seeds.name == PRIVATE:
-        salt = os.environ.get(PRIVATE_SALT_ENV, "")
-        return hmac.new(salt.encode(), b"action-seeds", hashlib.sha256).digest()
-    return None
+    """The key of a private seed set's action seeds (None on the public set: a public key)."""
+    if not (isinstance(seeds, SeedSet) and seeds.name == PRIVATE):
+        return None
+    if seeds.action_key:
+        return seeds.action_key
+    salt = os.environ.get(PRIVATE_SALT_ENV)
+    if not salt:
+        raise ValueError(f"private seeds without their action key: set {PRIVATE_SALT_ENV} where they are chosen")
+    return hmac.new(salt.encode(), b"action-seeds", hashlib.sha256).digest()
 
 
 @dataclass

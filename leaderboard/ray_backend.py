@@ -117,7 +117,8 @@ def task_of(request: Request, config: WorkerConfig) -> dict[str, Any]:
     seeds = _choose_seeds(n)
     return {"request_id": request.id, "repo_id": request.repo_id, "revision": request.revision,
             "env_id": request.env_id, "episodes": request.episodes, "seed_set": seeds.name,
-            "seeds": list(seeds.seeds), "endpoint": config.endpoint,
+            "seeds": list(seeds.seeds), "action_key": seeds.action_key.hex() if seeds.action_key else None,
+            "endpoint": config.endpoint,
             "token": config.token if isinstance(config.token, str | bool) else None,
             "video": config.video, "cache_dir": config.cache_dir, "cache_max_bytes": config.cache_max_bytes}
 

@@ -59,7 +59,8 @@ def run_evaluation(task: dict[str, Any]) -> dict[str, Any]:
         result = evaluate(task["repo_id"], revision=task["revision"], env_id=task.get("env_id"),
                           episodes=task.get("episodes"), endpoint=task.get("endpoint"), token=task.get("token"),
                           cache_dir=slot.path, video_path=video,
-                          seeds=SeedSet(task["seed_set"], tuple(task["seeds"])))
+                          seeds=SeedSet(task["seed_set"], tuple(task["seeds"]),
+                                        bytes.fromhex(task["action_key"]) if task.get("action_key") else None))
         if result.video and Path(result.video).is_file():
             replay = Path(result.video).read_bytes()
     try:

@@ -297,8 +297,8 @@ def play(job: Job, *, timeout: float | None = None, memory_bytes: int = DEFAULT_
                 remote = RemotePlayer(proc, obs_space, act_space, budget=budget)
                 remote.handshake(hello)
                 return recorded_outcome(job, spec, algo, details, lambda recorder: run_episodes(
-                    remote, spec, n_episodes=job.n_episodes, seeds=job.seeds, episode_indices=job.episode_indices,
-                    progress=progress, recorder=recorder))
+                    remote, spec, n_episodes=job.n_episodes, seeds=job.seed_set_of(),
+                    episode_indices=job.episode_indices, progress=progress, recorder=recorder))
         except warm.WarmUnavailable as why:  # too large for a warm player, or none could start here
             log.info("cold player for this job: %s", why)
     staging = Path(tempfile.mkdtemp(prefix="evaluator-stage-"))
@@ -312,7 +312,7 @@ def play(job: Job, *, timeout: float | None = None, memory_bytes: int = DEFAULT_
             remote = RemotePlayer(proc, obs_space, act_space, budget=budget)
             remote.handshake(hello)
             return recorded_outcome(job, spec, algo, details, lambda recorder: run_episodes(
-                remote, spec, n_episodes=job.n_episodes, seeds=job.seeds, episode_indices=job.episode_indices,
+                remote, spec, n_episodes=job.n_episodes, seeds=job.seed_set_of(), episode_indices=job.episode_indices,
                 progress=progress, recorder=recorder))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
