@@ -322,8 +322,7 @@ class WarmPool:
     def job(self, files: list[tuple[str, str, int]], *, cpu_seconds: float) -> Iterator[WarmJob]:
         """A warm job on an idle (or new) zygote, under a uid leased for it; the zygote goes back
         to the pool only when the job ended cleanly."""
-        with self._lock:
-            zygote = self._idle.pop() if self._idle else None
+        zygote = self._take_idle()
         if zygote is None:
             try:
                 zygote = Zygote()
@@ -337,8 +336,11 @@ class WarmPool:
                 uid = stack.enter_context(lease_uid()) if zygote.proc.conf.drops_root else None
                 try:
                     job = WarmJob(zygote, files, uid=uid, cpu_seconds=cpu_seconds)
-                except BaseException:
+                except BaseException as err:
                     zygote.close()  # before the uid lease ends
+                    if isinstance(err, OSError):  # the channel broke: this zygote is gone, not the agent's fault
+                        raise errors.SandboxCrashError(
+                            f"the warm player could not take the job ({type(err).__name__}: {err})") from None
                     raise
                 try:
                     yield job
@@ -351,6 +353,17 @@ class WarmPool:
                 ok = ok and job.status == 0
         finally:
             self._put_back(zygote, ok)
+
+    def _take_idle(self) -> Zygote | None:
+        """An idle zygote still alive (one that died while idle is closed and skipped)."""
+        while True:
+            with self._lock:
+                zygote = self._idle.pop() if self._idle else None
+            if zygote is None or zygote.proc.proc.poll() is None:
+                return zygote
+            log.warning("an idle warm player had exited (status %s): a new one takes the job",
+                        zygote.proc.proc.returncode)
+            zygote.close()
 
     def _put_back(self, zygote: Zygote, ok: bool) -> None:
         if ok and not zygote.broken and zygote.jobs < max_jobs():

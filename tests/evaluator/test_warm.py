@@ -218,3 +218,12 @@ def test_job_files_travel_as_bytes_into_a_read_only_folder(jobs, fresh_pool):
     with pytest.raises(errors.CorruptFileError):
         warm.job_payload(job.root, ("../etc/passwd",))
     assert np.isfinite(proc.cpu)
+
+
+def test_an_idle_zygote_that_died_is_replaced(jobs, fresh_pool):
+    first = _numbers(referee.play(jobs["ppo-cartpole"]))
+    (idle,) = fresh_pool._idle
+    idle.proc.kill()
+    idle.proc.wait(10)
+    assert _numbers(referee.play(jobs["ppo-cartpole"])) == first
+    assert fresh_pool.started == 2 and fresh_pool._idle and fresh_pool._idle[0] is not idle
