@@ -6,7 +6,9 @@
 - `process`: starting, watching and killing a confined process;
 - `wire`: the fixed binary frames between referee and player;
 - `player`: the confined process that loads an agent and answers actions;
-- `referee`: the trusted loop that owns envs, seeds, rewards and the replay (`play`).
+- `referee`: the trusted loop that owns envs, seeds, rewards and the replay (`play`);
+- `warm` (referee side), `zygote`, `jail` (confined side), `launcher`: warm players, one jailed
+  fork of a started zygote per data-only job.
 
 Attributes are imported lazily: the player imports this package before it has applied its
 limits, so nothing heavy may load here.

@@ -28,7 +28,6 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import secrets
 import socket
 import stat
@@ -39,6 +38,7 @@ from pathlib import Path
 
 from .. import errors
 from .confine import BWRAP, confinement
+from .launcher import run_in_launcher
 from .process import DEFAULT_MEMORY_BYTES, ConfinedProcess, _pump_stderr, limits_json
 from .uids import lease_uid
 from .wire import HEADER
@@ -95,39 +95,6 @@ def job_payload(root: str, names: Sequence[str]) -> list[tuple[str, str, int]]:
     return out
 
 
-_LAUNCHER: queue.SimpleQueue | None = None
-_LAUNCHER_LOCK = threading.Lock()
-
-
-def _launcher_loop(requests: queue.SimpleQueue) -> None:
-    while True:
-        fn, done, event = requests.get()
-        try:
-            done.append((True, fn()))
-        except BaseException as err:  # handed back to the caller
-            done.append((False, err))
-        event.set()
-
-
-def _in_launcher(fn):
-    """Run `fn` (which starts a zygote) in one thread that lives as long as this process: bwrap's
-    `--die-with-parent` is PR_SET_PDEATHSIG, which fires when the *thread* that started it
-    exits, and zygotes outlive the threads that ask for them (e.g. run_job's part threads)."""
-    global _LAUNCHER
-    with _LAUNCHER_LOCK:
-        if _LAUNCHER is None:
-            _LAUNCHER = queue.SimpleQueue()
-            threading.Thread(target=_launcher_loop, args=(_LAUNCHER,), name="zygote-launcher", daemon=True).start()
-    done: list = []
-    event = threading.Event()
-    _LAUNCHER.put((fn, done, event))
-    event.wait()
-    ok, value = done[0]
-    if not ok:
-        raise value
-    return value
-
-
 class Zygote:
     """One started zygote: its sandbox process and its control socket."""
 
@@ -140,7 +107,7 @@ class Zygote:
         self.proc = ConfinedProcess(ZYGOTE_MODULE, memory_bytes=memory_bytes, cpu_seconds=ZYGOTE_CPU_SECONDS,
                                     zygote=True, stdin_fd=theirs.fileno())
         try:
-            _in_launcher(self.proc.__enter__)
+            run_in_launcher(self.proc.__enter__)
         finally:
             theirs.close()
         try:
