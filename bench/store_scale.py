@@ -83,6 +83,8 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     root = args.store or Path(tempfile.mkdtemp(prefix="store-scale-"))
+    with tempfile.TemporaryDirectory(prefix="store-warmup-") as warm:  # first-call costs (imports,
+        Store(warm).record_many(list(rows(random.Random(1), 0, 200)))  # caches) are not per-row costs
     store, rng, have, table = Store(root), random.Random(20240601), 0, []
     try:
         for size in sizes:
