@@ -59,6 +59,16 @@ def settle(page, previous_info: str | None = None) -> str:
     return info.inner_text()
 
 
+def eventually(check, timeout: float = 30.0) -> bool:
+    """Poll `check` until it holds (an update that changes no counter has no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.25)
+    return check()
+
+
 def test_the_ranking_shows_the_demo_agents_in_score_order(page, space):
     from leaderboard.store import Store
 
@@ -102,10 +112,12 @@ def test_search_filters_and_server_side_sort(page, space):
     info = settle(page, info)
     dqn = Store(store).count(CARTPOLE, algo="dqn", verdict="consistent")
     assert dqn >= SYNTHETIC_REPOS and f"of {dqn}" in info and set(column(page, 3)) == {"dqn"}
-    choose(page, "sort", "repo_id")
-    info = settle(page, info)
-    names = [m for m in models(page)]
-    assert names == sorted(names)
+    def repo_ids() -> list[str]:
+        return [f"{user}/{model}" for user, model in zip(column(page, 1), models(page), strict=True)]
+
+    before = repo_ids()
+    choose(page, "sort", "repo_id")  # same rows, same count: wait for the order itself
+    assert eventually(lambda: repo_ids() != before and repo_ids() == sorted(repo_ids())), repo_ids()
     screenshot(page, "leaderboard-filtered")
 
 
