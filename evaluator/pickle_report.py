@@ -69,12 +69,13 @@ BENIGN_GLOBALS = frozenset({
     "torch._utils._rebuild_parameter_with_state", "torch.device", "torch.Size", "torch.storage.UntypedStorage",
     "torch.nn.parameter.Parameter",
     "torch.storage._load_from_bytes",  # a tensor pickled by pickle: its bytes (a torch.load) are scanned too
-    # cloudpickle rebuilding a function or class (SB3's schedules) without calling it
-    "cloudpickle.cloudpickle._builtin_type", "cloudpickle.cloudpickle._make_cell",
-    "cloudpickle.cloudpickle._make_empty_cell", "cloudpickle.cloudpickle._make_function",
-    "cloudpickle.cloudpickle._make_skel_func", "cloudpickle.cloudpickle._fill_function",
-    "cloudpickle.cloudpickle._function_setstate", "cloudpickle.cloudpickle_fast._function_setstate",
-    "cloudpickle.cloudpickle._class_setstate", "cloudpickle.cloudpickle_fast._class_setstate",
+    # safe: names compared as strings, nothing unpickled. cloudpickle rebuilding a function or class
+    # (SB3's schedules) without calling it
+    "cloudpickle.cloudpickle._builtin_type", "cloudpickle.cloudpickle._make_cell",  # safe: a name
+    "cloudpickle.cloudpickle._make_empty_cell", "cloudpickle.cloudpickle._make_function",  # safe: a name
+    "cloudpickle.cloudpickle._make_skel_func", "cloudpickle.cloudpickle._fill_function",  # safe: a name
+    "cloudpickle.cloudpickle._function_setstate", "cloudpickle.cloudpickle_fast._function_setstate",  # safe: a name
+    "cloudpickle.cloudpickle._class_setstate", "cloudpickle.cloudpickle_fast._class_setstate",  # safe: a name
     "cloudpickle.cloudpickle._make_skeleton_class", "cloudpickle.cloudpickle._make_dict_keys",
     "cloudpickle.cloudpickle._make_dict_values", "cloudpickle.cloudpickle._make_dict_items",
 })

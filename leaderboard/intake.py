@@ -67,6 +67,18 @@ def _rate_message(limit: int, window: float) -> str:
             "try again later")
 
 
+def _form(repo_id: str, env_id: str | None, submitter: str) -> tuple[str, str | None, str, Outcome | None]:
+    """The form's fields as data (stripped, the submitter sanitised), and the refusal of an id
+    that is not a Hub repo id (said before any rate or Hub call)."""
+    repo_id, env_id = (repo_id or "").strip(), (env_id or "").strip() or None
+    submitter = clean_text(submitter, limit=120) or "anonymous"
+    try:
+        check_repo_id(repo_id)
+    except InvalidRepoIdError as err:
+        return repo_id, env_id, submitter, Outcome(False, str(err))
+    return repo_id, env_id, submitter, None
+
+
 def _check(repo_id: str, env_id: str | None, endpoint: str | None, token: Any):
     """(Submission, None) or (None, the reason as a sentence)."""
     try:
@@ -87,12 +99,9 @@ def submit_to_store(store: Store, repo_id: str, env_id: str | None = None, *, su
     """Queue a checked submission. The rate counts the submitter's requests in the queue (kept
     across restarts) and, with `limiter`, every attempt this process checked (duplicates and
     refusals cost Hub calls too)."""
-    repo_id, env_id = (repo_id or "").strip(), (env_id or "").strip() or None
-    submitter = clean_text(submitter, limit=120) or "anonymous"
-    try:
-        check_repo_id(repo_id)
-    except InvalidRepoIdError as err:
-        return Outcome(False, str(err))
+    repo_id, env_id, submitter, refused = _form(repo_id, env_id, submitter)
+    if refused:
+        return refused
     queue, now = store.queue(), time.time()
     if limiter is not None:
         limit, window = limiter.limit, limiter.window
@@ -122,12 +131,9 @@ def submit_to_dataset(dataset_id: str, repo_id: str, env_id: str | None = None, 
     when it ingests the file: this side is a courtesy, not the trust boundary)."""
     from huggingface_hub import HfApi
 
-    repo_id, env_id = (repo_id or "").strip(), (env_id or "").strip() or None
-    submitter = clean_text(submitter, limit=120) or "anonymous"
-    try:
-        check_repo_id(repo_id)
-    except InvalidRepoIdError as err:
-        return Outcome(False, str(err))
+    repo_id, env_id, submitter, refused = _form(repo_id, env_id, submitter)
+    if refused:
+        return refused
     now = time.time()
     if limiter.count(submitter, now) >= limiter.limit:
         return Outcome(False, _rate_message(limiter.limit, limiter.window))
