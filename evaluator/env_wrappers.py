@@ -36,6 +36,20 @@ WRAPPER_KWARGS: dict[str, dict[str, tuple[type, ...]]] = {
     "TimeAwareObservation": {"flatten": (bool,), "normalize_time": (bool,)},
     "ClipAction": {},
     "RescaleAction": {"min_action": _NUM, "max_action": _NUM},
+    # the RL Zoo's own (`evaluator.zoo_wrappers`)
+    "HistoryWrapper": {"horizon": (int,)},
+    "HistoryWrapperObsDict": {"horizon": (int,)},
+    "FrameSkip": {"skip": (int,)},
+    "DelayedRewardWrapper": {"delay": (int,)},
+    "MaskVelocityWrapper": {},
+}
+# Integer kwargs outside these bounds would crash a wrapper (a delay of 0 divides by zero) or
+# make its observations needlessly large; the RL Zoo's configs use 2 to 10.
+INT_BOUNDS: dict[tuple[str, str], tuple[int, int]] = {
+    ("HistoryWrapper", "horizon"): (1, 64),
+    ("HistoryWrapperObsDict", "horizon"): (1, 64),
+    ("FrameSkip", "skip"): (1, 64),
+    ("DelayedRewardWrapper", "delay"): (1, 100_000),
 }
 
 
@@ -78,6 +92,10 @@ def _check_kwargs(name: str, kwargs: Any) -> tuple[tuple[str, Any], ...]:
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             raise UnsupportedFormatError(f"the env wrapper {name}'s {key} is {str(value)[:60]!r}: expected "
                                          f"{' or '.join(t.__name__ for t in types)}")
+        bounds = INT_BOUNDS.get((name, key))
+        if bounds and not bounds[0] <= value <= bounds[1]:
+            low, high = bounds
+            raise UnsupportedFormatError(f"the env wrapper {name}'s {key} is {value}: expected {low} to {high}")
     return tuple(sorted(kwargs.items()))
 
 
@@ -156,6 +174,10 @@ def _build(name: str, env: gym.Env, kwargs: dict[str, Any]) -> gym.Env:
         from sb3_contrib.common.wrappers import TimeFeatureWrapper
 
         return TimeFeatureWrapper(env, **kwargs)
+    from evaluator.zoo_wrappers import ZOO_WRAPPERS
+
+    if name in ZOO_WRAPPERS:
+        return ZOO_WRAPPERS[name](env, **kwargs)
     from gymnasium import wrappers
 
     if name == "RescaleAction":

@@ -246,6 +246,11 @@ ENV_WRAPPERS = {
     "rl_zoo3.wrappers.TimeFeatureWrapper": "TimeFeatureWrapper",
     "utils.wrappers.TimeFeatureWrapper": "TimeFeatureWrapper",
     "stable_baselines3.common.atari_wrappers.AtariWrapper": "AtariWrapper",
+    # rl_zoo3's own (`evaluator.zoo_wrappers`); RL Zoo configs before the rl_zoo3 package say `utils.wrappers`
+    **{f"{package}.{name}": name
+       for package in ("rl_zoo3.wrappers", "utils.wrappers")
+       for name in ("HistoryWrapper", "HistoryWrapperObsDict", "FrameSkip", "DelayedRewardWrapper",
+                    "MaskVelocityWrapper")},
     **{f"{package}.{name}": name
        for package in ("gymnasium.wrappers", "gym.wrappers")
        for name in ("FlattenObservation", "TimeAwareObservation", "ClipAction", "RescaleAction")},
