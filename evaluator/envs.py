@@ -135,7 +135,7 @@ for _game in _ATARI_GAMES:
 
 # panda-gym (`evaluator.panda`): the v3 ids (not PandaFlip: its texture is missing from the
 # panda-gym 3.0.7 wheel, the env cannot be built), the RL Zoo's and the course's older v1/v2 ids aliased
-# (same task and observation keys; the drift is not measured, see evaluator.panda). Sparse rewards are
+# (same task and observation keys; v3 ends episodes at success: see evaluator.panda). Sparse rewards are
 # -1 per step until the goal is reached, 50 steps.
 for _task in ("Reach", "Push", "Slide", "PickAndPlace", "Stack"):
     for _dense in ("", "Dense"):

@@ -7,8 +7,10 @@ pointed at stderr and libc's buffers flushed before it is pointed back.
 
 The RL Zoo's older agents name `PandaReach-v1` (panda-gym 1.x, on gym) and the course's earlier
 editions `PandaReachDense-v2` (panda-gym 2.x): aliased to v3, the same task with the same Dict
-observation keys and 50-step limit. The old packages need `gym` and numpy<2, so how far their
-dynamics drifted from v3 is not measured here: such agents get a drift note (evaluator.drift).
+observation keys and 50-step limit. Measured against panda-gym 1.1.1 in a throwaway venv (it
+needs gym 0.21 and numpy<2; scripts/panda_drift.py): the simulation agrees (a reaching
+controller's 50-step return to 1e-3), but v3 ends an episode at success where v1 ran all 50
+steps, so dense returns are higher here: such agents get a drift note (evaluator.drift).
 """
 
 from __future__ import annotations

@@ -125,3 +125,20 @@ def test_dict_agent_on_a_box_env_is_refused(panda_agent):
     with pytest.raises(SpaceMismatchError):
         _load(panda_agent, "Pendulum-v1")
     assert np.isfinite(BASE_SEED)
+
+
+def test_v3_ends_an_episode_at_success_the_drift_old_agents_are_told_about():
+    """panda-gym v1 played all 50 steps (scripts/panda_drift.py measures the rest); v3 stops at success."""
+    from evaluator.drift import drift_notes
+
+    env = make_env(resolve_env("PandaReach-v1"))  # the RL Zoo's id, aliased
+    obs, _ = env.reset(seed=3)
+    steps, terminated = 0, False
+    while not terminated and steps < 50:
+        action = np.clip(10.0 * (obs["desired_goal"] - obs["achieved_goal"]), -1, 1)
+        obs, reward, terminated, truncated, info = env.step(action)
+        steps += 1
+    env.close()
+    assert terminated and info["is_success"] and reward == 0.0 and steps < 20
+    assert "ends an episode at success" in drift_notes(ENV, "1.8.0")[0]
+    assert drift_notes(ENV, "2.3.0") == []
