@@ -204,30 +204,55 @@ def _train_under(ref, folder: Path, entries, wrap) -> Path:
                                                          "n_timesteps": 256})
 
 
+def _job(root: Path, n: int, **kw):
+    from evaluator.job import Job
+    from evaluator.runner import public_seeds
+
+    files = tuple(sorted(p.name for p in root.iterdir()))
+    return Job(str(root), "sb3", "ppo-Pendulum-v1.zip", files, "Pendulum-v1", n, public_seeds(n).seeds, **kw)
+
+
 def _scores(ref, root: Path, wrap, n: int) -> tuple[list[float], list[float], dict]:
     """(ours through describe + the runner, evaluate_policy's on rl_zoo3's stack, the details).
     `n` is the runner's batch (8): the reference's policy calls then see the same batch shapes."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    from evaluator.job import Job, describe, execute
-    from evaluator.runner import BASE_SEED, public_seeds
+    from evaluator.job import describe, execute
+    from evaluator.runner import BASE_SEED
     from scripts.zoo_agents import reference_returns
 
-    files = tuple(sorted(p.name for p in root.iterdir()))
-    job = Job(str(root), "sb3", "ppo-Pendulum-v1.zip", files, "Pendulum-v1", n, public_seeds(n).seeds)
+    job = _job(root, n)
     _, _, details = describe(job)
     ours = execute(job).episodes.returns
     venv = make_vec_env("Pendulum-v1", n_envs=n, seed=BASE_SEED, wrapper_class=wrap)
     return ours, reference_returns(PPO.load(root / "ppo-Pendulum-v1.zip"), venv), details
 
 
-def test_history_wrapper_agent_is_scored_as_evaluate_policy_scores_it_bit_for_bit(ref, tmp_path):
-    wrap = lambda env: ref.HistoryWrapper(env, horizon=2)  # noqa: E731
-    root = _train_under(ref, tmp_path / "h", [{"rl_zoo3.wrappers.HistoryWrapper": {"horizon": 2}}], wrap)
-    ours, theirs, details = _scores(ref, root, wrap, 8)
+@pytest.fixture(scope="module")
+def history_agent(ref, tmp_path_factory) -> Path:
+    return _train_under(ref, tmp_path_factory.mktemp("history") / "repo",
+                        [{"rl_zoo3.wrappers.HistoryWrapper": {"horizon": 2}}], _history(ref))
+
+
+def _history(ref):
+    return lambda env: ref.HistoryWrapper(env, horizon=2)
+
+
+def test_history_wrapper_agent_is_scored_as_evaluate_policy_scores_it_bit_for_bit(ref, history_agent):
+    ours, theirs, details = _scores(ref, history_agent, _history(ref), 8)
     assert details["env_wrappers"] == [["HistoryWrapper", {"horizon": 2}]]
     assert ours == theirs and len(set(ours)) == 8
+
+
+@pytest.mark.slow
+def test_history_wrapper_agent_through_referee_and_player(history_agent):
+    """The player builds the wrapper from the view the referee sends: same returns as in process."""
+    from evaluator.job import execute
+    from evaluator.sandbox.referee import play
+
+    job = _job(history_agent, 8, episode_indices=(2, 5))
+    assert play(job).episodes.returns == execute(job).episodes.returns
 
 
 def test_frame_skip_agent_scores_the_same_total(ref, tmp_path):
