@@ -4,7 +4,8 @@
 
 For each RL Zoo agent of ../shared, the same 50-episode protocol, CPU seconds (process time,
 so other jobs on the machine count less than in wall time), medians of `--repeat`:
-  env alone        the env stepped with the agent's own actions, recorded beforehand (no policy)
+  env alone        the env stepped with the agent's own actions, recorded beforehand (no policy),
+                   in a fresh env per episode where the protocol makes one (Box2D)
   evaluate_policy  SB3's `evaluate_policy` on the rebuilt policy, one env (what the issue compares)
   SB3 predict      the project's runner calling SB3's `predict` (the path before issue 15)
   lean             the project's runner, lean policy calls, in this process
@@ -30,7 +31,7 @@ from evaluator.agents import find_agent, load_agent  # noqa: E402
 from evaluator.agents.base import AgentFiles  # noqa: E402
 from evaluator.envs import make_env, resolve_env  # noqa: E402
 from evaluator.job import Job, single_thread  # noqa: E402
-from evaluator.runner import N_SLOTS, public_seeds, run_episodes  # noqa: E402
+from evaluator.runner import N_SLOTS, REUSABLE_ENV_FAMILIES, public_seeds, run_episodes  # noqa: E402
 
 ZOO = Path(__file__).resolve().parents[2] / "shared" / "agents" / "zoo" / "sb3"
 
@@ -60,9 +61,14 @@ def recorded_actions(policy, spec, seeds) -> list[list]:
 
 
 def replay(spec, seeds, episodes) -> int:
+    """The env alone under the protocol's rules: a fresh env for each episode where the protocol
+    makes one (`REUSABLE_ENV_FAMILIES`), the recorded actions stepped."""
     env = make_env(spec)
     steps = 0
-    for seed, actions in zip(seeds, episodes, strict=True):
+    for k, (seed, actions) in enumerate(zip(seeds, episodes, strict=True)):
+        if k and spec.family not in REUSABLE_ENV_FAMILIES:
+            env.close()
+            env = make_env(spec)
         env.reset(seed=seed)
         for action in actions:
             env.step(action)

@@ -2,12 +2,18 @@
 is split (over slots, processes or machines).
 
 Why each rule:
-- Episode i always starts from `reset(seed=seeds[i])`, whichever slot runs it.
+- Episode i always starts from `reset(seed=seeds[i])`, whichever slot runs it, in an env that
+  played nothing before it (or one whose reset provably sets all its state).
 - The policy is always called on a full batch of `N_SLOTS` rows (idle slots padded with a copy
   of a live observation, their actions discarded): torch's CPU kernels give bitwise different
   outputs for 1-3 rows than for >= 4, but the same output for a row at any fixed batch size.
 - Returns are summed in float64 in step order.
 So same revision + protocol + library versions + CPU kind = the same returns, bit for bit.
+
+How many episodes are in flight is not part of the protocol: a run keeps up to a window of
+episodes going (`window_slots`), and each actor call carries a whole window of rows, which the
+actor cuts into `N_SLOTS`-row policy calls of live rows (`LocalActor`). A wide window makes one
+round trip to a confined player serve many env steps (the per-call cost that dominated).
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
+from evaluator.action_checks import _show, check_action, check_actions
 from evaluator.agents.base import Policy
+from evaluator.batch_rows import put_row, row_buffer, stack_observations, take_rows  # noqa: F401 (re-exported)
 from evaluator.envs import EnvSpec, make_env, make_vector_env
 from evaluator.errors import InvalidActionError
 
@@ -32,6 +39,17 @@ from evaluator.errors import InvalidActionError
 PROTOCOL_VERSION = 1
 BASE_SEED = 10_000  # public seed set: episode i starts from reset(seed=BASE_SEED + i)
 N_SLOTS = 8  # batch size of every policy call (>= 4, see module docstring)
+# Episodes in flight per run (not a protocol constant: results do not depend on it). Families
+# whose envs are heavy (a pybullet client each) or whose policy calls dwarf the channel (Atari's
+# CNN) keep one batch in flight.
+MAX_WINDOW = 64
+NARROW_WINDOW_FAMILIES = frozenset({"atari", "panda"})
+# Families whose `reset(seed=...)` sets every bit of the env's state (pure Python state drawn
+# from the reseeded generator): an env of theirs may play one episode after another. Any other
+# env plays one episode only: a Box2D world keeps allocator and contact state across resets
+# (BipedalWalker's returns depend on the episodes its env played before), and the physics of
+# ALE and pybullet are not ours to vouch for.
+REUSABLE_ENV_FAMILIES = frozenset({"classic_control", "toy_text"})
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 20_240_601
 PRIVATE_SALT_ENV = "EVALUATOR_PRIVATE_SALT"
@@ -145,72 +163,6 @@ def _seed_set_name(seeds: Sequence[int], n: int) -> str:
     return PUBLIC if tuple(int(s) for s in seeds[:n]) == public_seeds(n).seeds else CUSTOM
 
 
-def _show(a: np.ndarray) -> str:
-    return np.array2string(np.asarray(a), threshold=20, precision=6)
-
-
-def check_action(space: gym.Space, action: Any) -> Any:
-    """Return `action` in the form `env.step` takes, or raise ValueError saying what is wrong."""
-    a = np.asarray(action)
-    if a.dtype == object:
-        raise ValueError("is not numeric")
-    if isinstance(space, spaces.Discrete):
-        if a.shape != ():
-            raise ValueError(f"has shape {a.shape}, expected a scalar")
-        if not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"has dtype {a.dtype}, expected an integer")
-        v = int(a)
-        if not space.start <= v < space.start + space.n:
-            raise ValueError(f"is outside {space}")
-        return v
-    if isinstance(space, spaces.Box):
-        if a.shape != space.shape:
-            raise ValueError(f"has shape {a.shape}, expected {space.shape}")
-        if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
-            raise ValueError("is not a finite number")
-        cast = a.astype(space.dtype)
-        if not (np.all(np.isfinite(cast)) and np.all(cast >= space.low)
-                and np.all(cast <= space.high)):
-            raise ValueError(f"is outside {space}")
-        return cast
-    if isinstance(space, (spaces.MultiDiscrete, spaces.MultiBinary)):
-        if a.shape != space.shape:
-            raise ValueError(f"has shape {a.shape}, expected {space.shape}")
-        if not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"has dtype {a.dtype}, expected integers")
-        cast = a.astype(space.dtype)
-        if not space.contains(cast):
-            raise ValueError(f"is outside {space}")
-        return cast
-    if not space.contains(action):
-        raise ValueError(f"is outside {space}")
-    return action
-
-
-def check_actions(space: gym.Space, actions: np.ndarray, slots: Sequence[int]) -> list[Any] | None:
-    """`check_action` for the rows `slots` of a batch at once (Discrete and Box spaces): the
-    same values `check_action` returns, or None when a row fails or the space is another kind
-    (the caller then checks row by row, which names the first bad row)."""
-    a = actions
-    if not slots or a.dtype == object:
-        return None
-    rows = a[list(slots)]
-    if isinstance(space, spaces.Discrete):
-        if a.ndim != 1 or a.dtype.kind not in "iu":
-            return None
-        values = rows.tolist()  # a few Python ints: cheaper to check here than with numpy calls
-        low, high = int(space.start), int(space.start) + int(space.n)
-        return values if all(low <= v < high for v in values) else None
-    if isinstance(space, spaces.Box):
-        if a.shape[1:] != space.shape or not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(rows)):
-            return None
-        cast = rows.astype(space.dtype)
-        if not (np.all(np.isfinite(cast)) and np.all(cast >= space.low) and np.all(cast <= space.high)):
-            return None
-        return list(cast)
-    return None
-
-
 def action_seed(env_seed: int, secret: bytes | None = None) -> int:
     """The per-episode seed of a stochastic policy's draws: HMAC-SHA256 of the episode's env seed,
     keyed with the private salt on the private seed set. A player cannot invert it: a plain hash
@@ -232,15 +184,27 @@ def _action_secret(seeds: Sequence[int]) -> bytes | None:
     return hmac.new(salt.encode(), b"action-seeds", hashlib.sha256).digest()
 
 
+def window_slots(spec: EnvSpec, n_run: int) -> int:
+    """Envs (episodes in flight) of a run of `n_run` episodes: up to `MAX_WINDOW`, one batch for
+    the narrow families."""
+    cap = N_SLOTS if spec.family in NARROW_WINDOW_FAMILIES else MAX_WINDOW
+    return max(0, min(cap, n_run))
+
+
+def window_rows(spec: EnvSpec, n_run: int) -> int:
+    """Rows of every actor call of such a run: its envs rounded up to whole policy batches."""
+    return max(1, -(-window_slots(spec, n_run) // N_SLOTS)) * N_SLOTS
+
+
 @dataclass
 class Rows:
-    """What the policy call knows of each of the `N_SLOTS` rows besides its observation: whether it
-    is live (padding rows' actions are discarded), whether its episode starts with this call, and
-    its episode's action seed."""
+    """What the actor knows of each row of a call besides its observation: whether it is live
+    (padding rows' actions are discarded), whether its episode starts with this call, and its
+    episode's action seed. A call has `window_rows` rows, a multiple of `N_SLOTS`."""
 
-    live: np.ndarray  # bool (N_SLOTS,)
-    started: np.ndarray  # bool (N_SLOTS,)
-    action_seeds: np.ndarray  # uint64 (N_SLOTS,)
+    live: np.ndarray  # bool (rows,)
+    started: np.ndarray  # bool (rows,)
+    action_seeds: np.ndarray  # uint64 (rows,)
 
 
 class Actor(Protocol):
@@ -248,24 +212,63 @@ class Actor(Protocol):
 
 
 class LocalActor:
-    """Calls a `Policy` in this process. A stochastic policy gets one generator per live row,
-    seeded from its episode's action seed when the episode starts, so its draws do not depend on
-    which slot, process or machine plays the episode."""
+    """Calls a `Policy` in this process, `N_SLOTS` rows at a time: a call's live rows are cut into
+    full batches (the last one padded with a copy of one of its live rows), so the policy sees
+    the batch size the protocol fixes whatever the window. A stochastic policy gets one
+    generator per live row, seeded from its episode's action seed when the episode starts, so
+    its draws do not depend on which row, process or machine plays the episode."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.rngs: list[np.random.Generator | None] = [None] * N_SLOTS
+        self.rngs: list[np.random.Generator | None] = []
 
-    def act_rows(self, obs: Any, rows: Rows, *, deterministic: bool) -> Any:
-        if deterministic:
-            return self.policy.act(obs, deterministic=True)
-        for slot in range(N_SLOTS):
+    def _seed_rows(self, rows: Rows) -> None:
+        n = len(rows.live)
+        if len(self.rngs) != n:
+            self.rngs = [None] * n
+        for slot in range(n):
             if not rows.live[slot]:
                 self.rngs[slot] = None
             elif rows.started[slot] or self.rngs[slot] is None:
                 self.rngs[slot] = np.random.Generator(np.random.PCG64(int(rows.action_seeds[slot])))
-        return self.policy.act(obs, deterministic=False, rngs=list(self.rngs))
 
+    def _call(self, obs: Any, deterministic: bool, rngs: list | None) -> np.ndarray:
+        if deterministic:
+            actions = np.asarray(self.policy.act(obs, deterministic=True))
+        else:
+            actions = np.asarray(self.policy.act(obs, deterministic=False, rngs=rngs))
+        if actions.ndim == 0 or actions.shape[0] != N_SLOTS:
+            raise InvalidActionError(
+                f"The policy returned actions of shape {actions.shape} for a batch of "
+                f"{N_SLOTS} observations: expected {N_SLOTS} actions, one per row."
+            )
+        return actions
+
+    def act_rows(self, obs: Any, rows: Rows, *, deterministic: bool) -> Any:
+        if not deterministic:
+            self._seed_rows(rows)
+        n = len(rows.live)
+        if n == N_SLOTS and rows.live.all():
+            return self._call(obs, deterministic, None if deterministic else list(self.rngs))
+        live = np.flatnonzero(rows.live)
+        if not len(live):
+            live = np.zeros(1, dtype=np.intp)
+        out: np.ndarray | None = None
+        for first in range(0, len(live), N_SLOTS):
+            real = live[first:first + N_SLOTS]
+            idx = real if len(real) == N_SLOTS else np.concatenate(
+                [real, np.full(N_SLOTS - len(real), real[0], dtype=real.dtype)])
+            rngs = None if deterministic else [self.rngs[i] for i in real] + [None] * (N_SLOTS - len(real))
+            actions = self._call(take_rows(obs, idx), deterministic, rngs)
+            if out is None:
+                out = np.empty((n, *actions.shape[1:]), dtype=actions.dtype)
+                out[:] = actions[0]  # rows of no episode: any valid action (discarded)
+            elif actions.dtype != out.dtype or actions.shape[1:] != out.shape[1:]:
+                raise InvalidActionError(
+                    f"The policy returned actions of dtype {actions.dtype} and shape {actions.shape} after "
+                    f"{out.dtype} and {(N_SLOTS, *out.shape[1:])}: one policy must answer alike.")
+            out[real] = actions[:len(real)]
+        return out
 
 def as_actor(policy: Policy | Actor) -> Actor:
     return policy if hasattr(policy, "act_rows") else LocalActor(policy)
@@ -278,13 +281,6 @@ class EpisodeRecorder(Protocol):
     def frame(self, env: gym.Env) -> None: ...
 
     def finish(self, episode_return: float, length: int) -> None: ...
-
-
-def stack_observations(observations: Sequence[Any]) -> Any:
-    """One batch from per-slot observations: an array, or a dict of arrays for Dict spaces."""
-    if isinstance(observations[0], dict):
-        return {k: np.stack([np.asarray(o[k]) for o in observations]) for k in observations[0]}
-    return np.stack([np.asarray(o) for o in observations])
 
 
 def run_episodes(
@@ -323,7 +319,8 @@ def run_episodes(
     lengths: dict[int, int] = {}
     pending = deque(indices)
     watched = indices[0] if recorder is not None and indices else None
-    n_envs = min(N_SLOTS, len(indices))
+    n_envs = window_slots(spec, len(indices))
+    n_rows = window_rows(spec, len(indices))
     envs = make_vector_env(spec, n_envs) if n_envs else []
     if watched is not None:  # slot 0 plays the watched episode first: its env renders
         envs[0].close()
@@ -331,20 +328,33 @@ def run_episodes(
     try:
         space = envs[0].action_space if envs else None
         running: list[int | None] = [None] * len(envs)
-        obs: list[Any] = [None] * len(envs)
+        batch: Any = None  # the rows of every call, each slot's written in place (`row_buffer`)
         ret = [0.0] * len(envs)
         steps = [0] * len(envs)
-        live = np.zeros(N_SLOTS, dtype=bool)
-        started = np.zeros(N_SLOTS, dtype=bool)
-        action_seeds = np.zeros(N_SLOTS, dtype=np.uint64)
+        live = np.zeros(n_rows, dtype=bool)
+        started = np.zeros(n_rows, dtype=bool)
+        action_seeds = np.zeros(n_rows, dtype=np.uint64)
+
+        reuse = spec.family in REUSABLE_ENV_FAMILIES
+        played = [False] * len(envs)
 
         def start(slot: int) -> None:
+            nonlocal batch
             if not pending:
                 running[slot] = None
                 live[slot] = False
+                if batch is not None:  # its last episode's final observation is nobody's business
+                    put_row(batch, slot, None)
                 return
             i = pending.popleft()
-            obs[slot], _ = envs[slot].reset(seed=ep_seeds[i])
+            if played[slot] and not reuse:  # a fresh env: the episode owes nothing to the ones before
+                envs[slot].close()
+                envs[slot] = make_env(spec)
+            played[slot] = True
+            first, _ = envs[slot].reset(seed=ep_seeds[i])
+            if batch is None:
+                batch = row_buffer(first, n_rows)
+            put_row(batch, slot, first)
             running[slot], ret[slot], steps[slot] = i, 0.0, 0
             live[slot], started[slot] = True, True
             # Deterministic protocols send no action seed at all: nothing derived from a seed
@@ -355,20 +365,18 @@ def run_episodes(
 
         for slot in range(len(envs)):
             start(slot)
+        put = (lambda slot, o: batch.__setitem__(slot, o)) if isinstance(batch, np.ndarray) else (
+            lambda slot, o: put_row(batch, slot, o))
         while any(i is not None for i in running):
-            pad = next(o for o, i in zip(obs, running, strict=True) if i is not None)
-            batch = stack_observations(
-                [o if i is not None else pad for o, i in zip(obs, running, strict=True)]
-                + [pad] * (N_SLOTS - len(envs))
-            )
+            # Rows of no live episode hold stale observations: an actor passes live rows only.
             actions = actor.act_rows(batch, Rows(live.copy(), started.copy(), action_seeds.copy()),
                                      deterministic=spec.deterministic)
             started[:] = False
             actions = np.asarray(actions)
-            if actions.ndim == 0 or actions.shape[0] != N_SLOTS:
+            if actions.ndim == 0 or actions.shape[0] != n_rows:
                 raise InvalidActionError(
                     f"The policy returned actions of shape {actions.shape} for a batch of "
-                    f"{N_SLOTS} observations: expected {N_SLOTS} actions, one per row."
+                    f"{n_rows} observations: expected {n_rows} actions, one per row."
                 )
             live_slots = [slot for slot, i in enumerate(running) if i is not None]
             checked = check_actions(space, actions, live_slots)
@@ -385,7 +393,8 @@ def run_episodes(
                             f"action {_show(actions[slot])} {exc}. The agent does not fit the "
                             f"action space {space} of {spec.env_key}."
                         ) from None
-                obs[slot], reward, terminated, truncated, _ = envs[slot].step(action)
+                observation, reward, terminated, truncated, _ = envs[slot].step(action)
+                put(slot, observation)
                 ret[slot] += float(reward)
                 steps[slot] += 1
                 if i == watched:

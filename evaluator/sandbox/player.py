@@ -108,7 +108,9 @@ def serve(rfd: int, wfd: int) -> None:
     from evaluator.env_wrappers import EnvView
     from evaluator.envs import make_env, resolve_env
     from evaluator.errors import InvalidOutputError
-    from evaluator.runner import N_SLOTS, LocalActor, Rows
+    from evaluator.runner import MAX_WINDOW, N_SLOTS, LocalActor, Rows
+
+    MAX_WINDOW_ROWS = -(-MAX_WINDOW // N_SLOTS) * N_SLOTS
 
     from . import wire
 
@@ -132,7 +134,9 @@ def serve(rfd: int, wfd: int) -> None:
     agent = load_agent(hello["format"], files, obs_space, act_space)
     actor = LocalActor(agent.policy)
     deterministic = bool(hello["deterministic"])
-    n = N_SLOTS
+    n = hello.get("rows", N_SLOTS)  # rows of every call: whole policy batches, decided by the referee
+    if type(n) is not int or not 0 < n <= MAX_WINDOW_ROWS or n % N_SLOTS:
+        raise InvalidOutputError(f"the hello asks for calls of {n!r} rows: expected a multiple of {N_SLOTS}")
     body_size = wire.obs_frame_bytes(obs_layout, n)
     frame = memoryview(bytearray(wire.HEADER.size + body_size))  # every frame is read into this one buffer
     _write_all(wfd, wire.HEADER.pack(wire.READY, 0))

@@ -37,7 +37,7 @@ from .. import errors
 from ..agents import CODE_BEARING
 from ..envs import make_env, resolve_env
 from ..job import Job, JobOutcome, describe, recorded_outcome
-from ..runner import N_SLOTS, Rows, run_episodes
+from ..runner import N_SLOTS, Rows, run_episodes, window_rows
 from ..text import clean_text  # the one sanitiser (also used where repo strings enter)
 from . import warm, wire
 from .confine import SNAPSHOT_MOUNT, confinement
@@ -91,8 +91,10 @@ class RemotePlayer:
     """The referee's end of the channel: an `Actor` for the runner whose actions come from the
     confined player, within deadlines."""
 
-    def __init__(self, proc: ConfinedProcess, obs_space: Any, act_space: Any, *, budget: float) -> None:
+    def __init__(self, proc: ConfinedProcess, obs_space: Any, act_space: Any, *, budget: float,
+                 rows: int = N_SLOTS) -> None:
         self.proc = proc
+        self.rows = rows  # rows of every call (the hello tells the player)
         self.obs_layout = wire.observation_layout(obs_space)
         self.act_layout = wire.action_layout(act_space)
         self.deadline = proc.started + budget
@@ -101,7 +103,7 @@ class RemotePlayer:
         self.calls = 0
         self.wfd, self.rfd = proc.channel_fds()
         self._pending = b""  # bytes read ahead of the frame being parsed (at most one action frame's)
-        self._readahead = wire.HEADER.size + self.act_layout.batch_bytes(N_SLOTS)
+        self._readahead = wire.HEADER.size + self.act_layout.batch_bytes(rows)
         self._pollers = {}
         for fd, event in ((self.wfd, select.POLLOUT), (self.rfd, select.POLLIN)):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -212,8 +214,10 @@ class RemotePlayer:
 
     def act_rows(self, obs: Any, rows: Rows, *, deterministic: bool) -> np.ndarray:
         self.seq = (self.seq + 1) & 0xFFFF_FFFF
+        if len(rows.live) != self.rows:
+            raise ValueError(f"a call of {len(rows.live)} rows on a channel of {self.rows}")
         try:
-            body = self.obs_layout.encode(obs, N_SLOTS)
+            body = self.obs_layout.encode(obs, self.rows)
         except ValueError as err:
             raise errors.SpaceMismatchError(f"the env's observations do not fit its own space: {err}") from None
         flags = rows.live.astype(np.uint8) * wire.LIVE | rows.started.astype(np.uint8) * wire.EPISODE_START
@@ -223,8 +227,8 @@ class RemotePlayer:
         if seq != self.seq:
             raise errors.InvalidOutputError(f"the player answered observation {seq}, not {self.seq}: refused")
         self.calls += 1
-        return self.act_layout.decode(self._recv(self.act_layout.batch_bytes(N_SLOTS), until, "choose its actions"),
-                                      N_SLOTS)
+        return self.act_layout.decode(self._recv(self.act_layout.batch_bytes(self.rows), until, "choose its actions"),
+                                      self.rows)
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -287,15 +291,19 @@ def play(job: Job, *, timeout: float | None = None, memory_bytes: int = DEFAULT_
         obs_space, act_space = env.observation_space, env.action_space
     finally:
         env.close()
+    rows = window_rows(spec, job.n_episodes if job.episode_indices is None else len(job.episode_indices))
+
+    def hello(root: str) -> dict[str, Any]:  # the wrappers and frame stack decided here, never by the player
+        return {"format": job.agent_format, "agent_file": job.agent_file, "files": list(job.files), "root": root,
+                "env_id": job.env_id, "deterministic": spec.deterministic, "rows": rows,
+                "env_view": spec.view.to_json() if spec.view else None}
+
     if warm.usable(job.agent_format, player_args, PLAYER_MODULE):
         try:
             payload = warm.job_payload(job.root, job.files)
             with warm.pool().job(payload, cpu_seconds=budget + 10) as proc:
-                hello = {"format": job.agent_format, "agent_file": job.agent_file, "files": list(job.files),
-                         "root": proc.hello_root, "env_id": job.env_id, "deterministic": spec.deterministic,
-                         "env_view": spec.view.to_json() if spec.view else None}
-                remote = RemotePlayer(proc, obs_space, act_space, budget=budget)
-                remote.handshake(hello)
+                remote = RemotePlayer(proc, obs_space, act_space, budget=budget, rows=rows)
+                remote.handshake(hello(proc.hello_root))
                 return recorded_outcome(job, spec, algo, details, lambda recorder: run_episodes(
                     remote, spec, n_episodes=job.n_episodes, seeds=job.seed_set_of(),
                     episode_indices=job.episode_indices, progress=progress, recorder=recorder))
@@ -304,13 +312,10 @@ def play(job: Job, *, timeout: float | None = None, memory_bytes: int = DEFAULT_
     staging = Path(tempfile.mkdtemp(prefix="evaluator-stage-"))
     try:
         files, root = stage_files(job, staging)
-        hello = {"format": job.agent_format, "agent_file": job.agent_file, "files": list(job.files), "root": root,
-                 "env_id": job.env_id, "deterministic": spec.deterministic,
-                 "env_view": spec.view.to_json() if spec.view else None}  # the wrappers decided here
         with ConfinedProcess(player_args, memory_bytes=memory_bytes, cpu_seconds=budget + 10, files=files,
                              single_process=True) as proc:
-            remote = RemotePlayer(proc, obs_space, act_space, budget=budget)
-            remote.handshake(hello)
+            remote = RemotePlayer(proc, obs_space, act_space, budget=budget, rows=rows)
+            remote.handshake(hello(root))
             return recorded_outcome(job, spec, algo, details, lambda recorder: run_episodes(
                 remote, spec, n_episodes=job.n_episodes, seeds=job.seed_set_of(), episode_indices=job.episode_indices,
                 progress=progress, recorder=recorder))

@@ -2,12 +2,14 @@
 
 Referee -> player (the player's stdin):
     HELLO  tag b"HEL1", u32 length, then a small JSON object: which agent files to load, for
-           which env id and protocol (never seeds, the job, the store or the result channel)
-    OBS    tag b"OBS1", u32 sequence number, then N_SLOTS row flags (u8: 1 live, 2 episode
-           start), N_SLOTS action seeds (u64) and N_SLOTS observations in the observation layout
+           which env id and protocol, and `rows`, the R rows of every call (a multiple of
+           N_SLOTS: a window of episodes in flight); never seeds, the job, the store or the
+           result channel
+    OBS    tag b"OBS1", u32 sequence number, then R row flags (u8: 1 live, 2 episode start),
+           R action seeds (u64) and R observations in the observation layout
 Player -> referee (the player's stdout):
     READY  tag b"RDY1", u32 0: the agent is loaded
-    ACT    tag b"ACT1", u32 the OBS's sequence number, then N_SLOTS actions in the action layout
+    ACT    tag b"ACT1", u32 the OBS's sequence number, then R actions in the action layout
     ERROR  tag b"ERR1", u32 length (<= MAX_ERROR_BYTES), then u16 code index + UTF-8 message
 
 Every size is known before a byte is read, so the referee reads exactly that many bytes with a

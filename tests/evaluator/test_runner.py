@@ -1,3 +1,4 @@
+import dataclasses
 import multiprocessing as mp
 
 import gymnasium as gym
@@ -96,14 +97,15 @@ def test_each_episode_starts_from_its_own_seed_whatever_the_slot(monkeypatch):
 
     monkeypatch.setattr(runner, "make_vector_env", recording_envs)
     spec = resolve_env("CartPole-v1")
-    res = run_episodes(LinearPolicy(), spec, n_episodes=30)
-    assert sorted(seed for _, seed in resets) == res.seeds == list(public_seeds(30))
-    assert len({slot for slot, _ in resets}) == N_SLOTS  # episodes did move between slots
+    n = runner.MAX_WINDOW + 30  # more episodes than envs: slots are reused
+    res = run_episodes(LinearPolicy(), spec, n_episodes=n)
+    assert sorted(seed for _, seed in resets) == res.seeds == list(public_seeds(n))
+    assert len({slot for slot, _ in resets}) == runner.window_slots(spec, n) < n  # episodes moved between slots
 
     # Each episode equals a lone rollout from reset(seed=BASE_SEED + i), summed in float64.
     policy = LinearPolicy()
     env = make_env(spec)
-    for i in range(30):
+    for i in range(n):
         obs, _ = env.reset(seed=BASE_SEED + i)
         total, steps, done = 0.0, 0, False
         while not done:
@@ -250,3 +252,58 @@ def test_bad_arguments():
     a = run_episodes(LinearPolicy(), spec, n_episodes=4, episode_indices=[0, 1])
     with pytest.raises(ValueError, match="overlapping"):
         EpisodeResults.merge([a, a])
+
+
+class SeededCoinPolicy:
+    """A stochastic row-wise policy: each row draws from its own generator (None: padding)."""
+
+    def __init__(self):
+        self.batch_shapes = []
+
+    def act(self, obs, *, deterministic=True, rngs=None):
+        self.batch_shapes.append(obs.shape)
+        assert len(rngs) == len(obs)
+        return np.array([int(r.integers(2)) if r is not None else 0 for r in rngs], dtype=np.int64)
+
+
+@pytest.mark.parametrize("window", [1, 8, 12, 16, 64])
+def test_results_do_not_depend_on_the_window(monkeypatch, window):
+    """How many episodes are in flight (and so how the live rows are cut into policy batches)
+    is not part of the protocol: deterministic and stochastic returns are the same."""
+    spec = resolve_env("CartPole-v1")
+    stochastic = dataclasses.replace(spec, deterministic=False)
+    reference = run_episodes(LinearPolicy(), spec, n_episodes=30)
+    coin_reference = run_episodes(SeededCoinPolicy(), stochastic, n_episodes=30)
+    monkeypatch.setattr(runner, "MAX_WINDOW", window)
+    policy, coin = LinearPolicy(), SeededCoinPolicy()
+    assert run_episodes(policy, spec, n_episodes=30) == reference
+    assert run_episodes(coin, stochastic, n_episodes=30) == coin_reference
+    assert {s for s in policy.batch_shapes + coin.batch_shapes} == {(N_SLOTS, 4)}  # always full batches
+
+
+def test_window_rows_are_whole_policy_batches():
+    spec = resolve_env("CartPole-v1")
+    assert runner.window_slots(spec, 50) == 50 and runner.window_rows(spec, 50) == 56
+    assert runner.window_rows(spec, 3) == N_SLOTS and runner.window_rows(spec, 0) == N_SLOTS
+    assert runner.window_slots(spec, 1000) == runner.MAX_WINDOW
+    narrow = dataclasses.replace(spec, family="panda")
+    assert runner.window_slots(narrow, 50) == N_SLOTS and runner.window_rows(narrow, 50) == N_SLOTS
+
+
+def test_box2d_episodes_each_get_a_fresh_env(monkeypatch):
+    """A Box2D env never plays a second episode (its world keeps state across resets); classic
+    control envs, whose reset sets all their state, are reused."""
+    made: list[str] = []
+    real = runner.make_env
+
+    def counting(spec, **kwargs):
+        made.append(spec.family)
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(runner, "make_env", counting)
+    monkeypatch.setattr(runner, "MAX_WINDOW", 8)
+    res = run_episodes(ConstantPolicy(np.int64(0)), resolve_env("LunarLander-v2"), n_episodes=12)
+    assert len(res.returns) == 12 and made.count("box2d") == 12 - 8  # the 8 first from make_vector_env
+    made.clear()
+    run_episodes(LinearPolicy(), resolve_env("CartPole-v1"), n_episodes=12)
+    assert made == []
