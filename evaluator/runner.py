@@ -253,6 +253,8 @@ class LocalActor:
         live = np.flatnonzero(rows.live)
         if not len(live):
             live = np.zeros(1, dtype=np.intp)
+        if deterministic and hasattr(self.policy, "act_many"):
+            return self._act_many(obs, live, n)
         out: np.ndarray | None = None
         for first in range(0, len(live), N_SLOTS):
             real = live[first:first + N_SLOTS]
@@ -268,6 +270,21 @@ class LocalActor:
                     f"The policy returned actions of dtype {actions.dtype} and shape {actions.shape} after "
                     f"{out.dtype} and {(N_SLOTS, *out.shape[1:])}: one policy must answer alike.")
             out[real] = actions[:len(real)]
+        return out
+
+    def _act_many(self, obs: Any, live: np.ndarray, n: int) -> np.ndarray:
+        """The live rows (padded to whole batches with copies of the first) in one `act_many`
+        call of a policy that offers it: the same actions as batch-by-batch calls, by its contract."""
+        pad = -len(live) % N_SLOTS
+        idx = np.concatenate([live, np.full(pad, live[0], dtype=live.dtype)]) if pad else live
+        actions = np.asarray(self.policy.act_many(take_rows(obs, idx), batch=N_SLOTS))
+        if actions.ndim == 0 or actions.shape[0] != len(idx):
+            raise InvalidActionError(
+                f"The policy returned actions of shape {actions.shape} for a batch of "
+                f"{len(idx)} observations: expected {len(idx)} actions, one per row.")
+        out = np.empty((n, *actions.shape[1:]), dtype=actions.dtype)
+        out[:] = actions[0]  # rows of no episode: any valid action (discarded)
+        out[live] = actions[:len(live)]
         return out
 
 def as_actor(policy: Policy | Actor) -> Actor:

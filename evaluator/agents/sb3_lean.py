@@ -38,13 +38,16 @@ _TIE_ULPS = 64.0
 _F32_EPS = float(np.finfo(np.float32).eps)
 
 
-def fast_forward(module: nn.Module) -> Forward:
+def fast_forward(module: nn.Module, leaves: list | None = None) -> Forward:
     """`module`'s forward as a plain function: `Sequential`s of `Linear`, `Tanh`, `ReLU`,
     `Flatten` and `Identity` run as the functional calls their own `forward` makes; any other
-    module is called as itself (same numbers either way, fewer Python layers)."""
+    module is called as itself (same numbers either way, fewer Python layers). `leaves`, when
+    given, gets what each leaf does (`batch_invariant_graph` reads it)."""
+    leaves = [] if leaves is None else leaves
     kind = type(module)
     if kind is nn.Sequential:
-        steps = [fast_forward(child) for child in module]
+        leaves.append(("sequential", None))
+        steps = [fast_forward(child, leaves) for child in module]
 
         def chain(x: torch.Tensor) -> torch.Tensor:
             for step in steps:
@@ -53,21 +56,48 @@ def fast_forward(module: nn.Module) -> Forward:
 
         return chain
     if kind is nn.Linear:
+        leaves.append(("linear", module.out_features))
         weight, bias = module.weight, module.bias
         return lambda x: functional.linear(x, weight, bias)
     if kind is nn.Tanh:
+        leaves.append(("tanh", None))
         return torch.tanh
     if kind is nn.ReLU and not module.inplace:
+        leaves.append(("exact", None))
         return torch.relu
     if kind is nn.Identity:
+        leaves.append(("exact", None))
         return lambda x: x
     if kind is nn.Flatten:
+        leaves.append(("exact", None))
         start, end = module.start_dim, module.end_dim
         return lambda x: x.flatten(start, end)
     flatten = getattr(module, "flatten", None)
     if kind.__name__ == "FlattenExtractor" and type(flatten) is nn.Flatten and len(list(module.children())) == 1:
-        return fast_forward(flatten)
+        return fast_forward(flatten, leaves)
+    leaves.append(("opaque", None))
     return module
+
+
+def batch_invariant_graph(leaves: list) -> bool:
+    """Whether a graph of these leaves computes each row the same at any multiple of the policy
+    batch, given Linear layers that do (checked by probes, `LeanSB3.fused_ok`): ReLU, Flatten
+    and Identity are exact; torch runs `tanh` with a vectorised function but takes the elements
+    past the last whole pair of vectors with the scalar one, which may round differently, so a
+    `tanh` is accepted only on rows of a multiple of 8 values (8 rows of them fill whole pairs
+    of 16-float vectors at every multiple of 8 rows). Anything else (a module called as itself)
+    is not vouched for."""
+    width = None
+    for kind, value in leaves:
+        if kind == "opaque":
+            return False
+        if kind == "sequential":
+            width = None
+        elif kind == "linear":
+            width = value
+        elif kind == "tanh" and (width is None or width % 8):
+            return False
+    return True
 
 
 def _plain_observations(space: spaces.Space) -> bool:
@@ -79,10 +109,17 @@ def _plain_observations(space: spaces.Space) -> bool:
     return isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
 
 
+def _needed_lead(top: float, k: int) -> float:
+    return _TIE_ULPS * _F32_EPS * (1.0 + 2.0 * top + math.log(k))
+
+
 def clear_lead(logits: np.ndarray) -> bool:
     """Whether every row's best logit leads the others by more than any rounding of SB3's
-    `softmax(logits - logsumexp(logits))` can close (all finite). Plain Python on the few
-    numbers of a batch: cheaper than the numpy calls it replaces."""
+    `softmax(logits - logsumexp(logits))` can close (all finite). Float32 values and their
+    differences are exact in float64. A policy batch's few numbers are checked in plain Python
+    (cheaper than numpy calls there), a fused call's many with numpy: the same rule."""
+    if len(logits) > 8:
+        return _clear_lead_many(logits)
     rows = logits.tolist()
     top, lead = 0.0, math.inf
     for row in rows:
@@ -95,7 +132,17 @@ def clear_lead(logits: np.ndarray) -> bool:
         lead = min(lead, ordered[-1] - ordered[-2])
     if not rows or len(rows[0]) < 2:
         return True
-    return lead > _TIE_ULPS * _F32_EPS * (1.0 + 2.0 * top + math.log(len(rows[0])))
+    return lead > _needed_lead(top, len(rows[0]))
+
+
+def _clear_lead_many(logits: np.ndarray) -> bool:
+    a = np.asarray(logits, dtype=np.float64)
+    if not np.isfinite(a).all():
+        return False
+    if a.ndim != 2 or a.shape[1] < 2:
+        return True
+    top2 = np.partition(a, a.shape[1] - 2, axis=1)[:, -2:]  # each row's second best, then its best
+    return float((top2[:, 1] - top2[:, 0]).min()) > _needed_lead(float(np.abs(a).max()), a.shape[1])
 
 
 def _gaussian_mode(hidden: Forward, mean_net: Forward, squash: Forward | None, dist: Any,
@@ -150,6 +197,12 @@ class LeanSB3:
         self.shape = tuple(self.space.shape or ())
         if self.box:
             self.low, self.high = policy.action_space.low, policy.action_space.high
+        # `head` = `finish(raw(obs))` where the family allows: `raw` the network's output (logits,
+        # means, Q-values), `finish` the action taken from it (None: `_predict` decides).
+        self.raw: Forward | None = None
+        self.finish: Callable[[torch.Tensor], torch.Tensor | None] | None = None
+        self.leaves: list = []  # what `raw`'s modules do (batch_invariant_graph)
+        self.fused: dict[int, bool] = {}  # rows -> whether a call of that many rows may be fused
         self.head = self._head()
 
     # ------------------------------------------------------------------ per family
@@ -165,8 +218,11 @@ class LeanSB3:
         if isinstance(p, ActorCriticPolicy):
             return self._actor_critic()
         if isinstance(p, DQNPolicy):
-            extract, net = fast_forward(p.q_net.features_extractor), fast_forward(p.q_net.q_net)
-            return lambda obs: net(extract(self.preprocess(obs))).argmax(dim=1).reshape(-1)
+            extract = fast_forward(p.q_net.features_extractor, self.leaves)
+            net = fast_forward(p.q_net.q_net, self.leaves)
+            self.raw = raw = lambda obs: net(extract(self.preprocess(obs)))  # noqa: E731
+            self.finish = finish = lambda q: q.argmax(dim=1).reshape(-1)  # noqa: E731
+            return lambda obs: finish(raw(obs))
         if isinstance(p, TD3Policy):
             extract, mu = fast_forward(p.actor.features_extractor), fast_forward(p.actor.mu)
             return lambda obs: mu(extract(self.preprocess(obs)))
@@ -182,24 +238,24 @@ class LeanSB3:
     def _actor_critic(self) -> Callable[[Any], torch.Tensor | None] | None:
         p = self.policy
         extractor = p.mlp_extractor
+        leaves: list = []
         if type(extractor).__name__ == "MlpExtractor":
-            latent = fast_forward(extractor.policy_net)
+            latent = fast_forward(extractor.policy_net, leaves)
         elif type(extractor).__name__ == "LegacyMlpExtractor":
-            shared, pi = fast_forward(extractor.shared_net), fast_forward(extractor.policy_net)
+            shared, pi = fast_forward(extractor.shared_net, leaves), fast_forward(extractor.policy_net, leaves)
             latent = lambda x: pi(shared(x))  # noqa: E731
         else:
             return None
-        features = fast_forward(getattr(p, "pi_features_extractor", None) or p.features_extractor)
-        head = fast_forward(p.action_net)
+        features = fast_forward(getattr(p, "pi_features_extractor", None) or p.features_extractor, leaves)
+        head = fast_forward(p.action_net, leaves)
+        raw = lambda obs: head(latent(features(self.preprocess(obs))))  # noqa: E731
 
         if isinstance(self.space, spaces.Discrete):
-            def discrete(obs: Any) -> torch.Tensor | None:
-                logits = head(latent(features(self.preprocess(obs))))
-                if not clear_lead(logits.numpy()):
-                    return None
-                return logits.argmax(dim=1)
+            def argmax(logits: torch.Tensor) -> torch.Tensor | None:
+                return logits.argmax(dim=1) if clear_lead(logits.numpy()) else None
 
-            return discrete
+            self.raw, self.finish, self.leaves = raw, argmax, leaves
+            return lambda obs: argmax(raw(obs))
         if not (self.box and hasattr(p, "log_std")):
             return None
         if p.use_sde:
@@ -210,11 +266,11 @@ class LeanSB3:
         if not bool(torch.all(p.log_std.detach().exp() > 0)):
             return None
 
-        def gaussian(obs: Any) -> torch.Tensor | None:
-            mean = head(latent(features(self.preprocess(obs))))
+        def finite(mean: torch.Tensor) -> torch.Tensor | None:
             return None if bool(torch.isnan(mean).any()) else mean
 
-        return gaussian
+        self.raw, self.finish, self.leaves = raw, finite, leaves
+        return lambda obs: finite(raw(obs))
 
     def _squashed_gaussian(self) -> Callable[[Any], torch.Tensor | None] | None:
         """SAC/TQC actors: `tanh(mu(latent))`. `Normal(mean, exp(clamped log_std))` refuses NaN
@@ -252,7 +308,46 @@ class LeanSB3:
             actions = self.head(x) if self.head is not None else None
             if actions is None:
                 actions = self.policy._predict(x, deterministic=True)
-            out = actions.numpy().reshape((-1, *self.shape))
+            return self._post(actions.numpy().reshape((-1, *self.shape)))
+
+    def act_many(self, obs: Any, batch: int) -> np.ndarray:
+        """`act` on each `batch` rows of `obs` in turn, concatenated; computed in one call of all
+        the rows where that gives the same numbers (`fused_ok`), else batch by batch."""
+        n = len(obs)
+        if n > batch and n % batch == 0 and self.fused_ok(n, batch):
+            with torch.inference_mode():
+                actions = self.finish(self.raw(self.to_tensor(obs)))
+                if actions is not None:  # else a near-tie or a NaN somewhere: batch by batch below
+                    return self._post(actions.numpy().reshape((-1, *self.shape)))
+        return np.concatenate([self.act(obs[k:k + batch]) for k in range(0, n, batch)])
+
+    def fused_ok(self, n: int, batch: int) -> bool:
+        """Whether `raw` gives every row of an `n`-row call bitwise what it gives that row in a
+        `batch`-row call. The graph must be one `batch_invariant_graph` accepts, and probes of
+        random observations must agree for this `n`: which GEMM kernel (and how it splits the
+        rows) depends on the shapes only, never on the values, so an `n` that agrees on probes
+        agrees on all inputs. Decided once per `n`."""
+        if n not in self.fused:
+            self.fused[n] = self._probe(n, batch)
+        return self.fused[n]
+
+    def _probe(self, n: int, batch: int) -> bool:
+        if self.raw is None or not self.box_observations() or not batch_invariant_graph(self.leaves):
+            return False
+        rng = np.random.default_rng(n)
+        with torch.inference_mode():
+            for _ in range(2):
+                obs = rng.standard_normal((n, *self.obs_space.shape)).astype(self.obs_space.dtype)
+                whole = self.raw(self.to_tensor(obs))
+                parts = torch.cat([self.raw(self.to_tensor(obs[k:k + batch])) for k in range(0, n, batch)])
+                if not torch.equal(whole, parts):
+                    return False
+        return True
+
+    def box_observations(self) -> bool:
+        return self.plain_obs and isinstance(self.obs_space, spaces.Box) and self.obs_space.dtype == np.float32
+
+    def _post(self, out: np.ndarray) -> np.ndarray:
         if self.box:
             if self.policy.squash_output:
                 return self.policy.unscale_action(out)

@@ -126,7 +126,8 @@ def test_one_zygote_serves_jobs_until_a_failure_or_its_quota(jobs, fresh_pool, m
 
 def test_a_warm_job_past_its_budget_is_stopped_and_its_zygote_retired(jobs, fresh_pool):
     with pytest.raises(errors.EvalTimeoutError):
-        referee.play(replace(jobs["ppo-pendulum"], n_episodes=400, seeds=tuple(public_seeds(400))), timeout=1.5)
+        # 1,000,000 steps: many times what the fastest path plays in 1.5 s
+        referee.play(replace(jobs["ppo-pendulum"], n_episodes=5000, seeds=tuple(public_seeds(5000))), timeout=1.5)
     assert not fresh_pool._idle
     assert _numbers(referee.play(jobs["ppo-pendulum"]))  # the next job gets a new one
 
