@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 from evaluator.errors import UnsafeContentError, UnsupportedFormatError
+from evaluator.zoo_wrappers import ZOO_WRAPPERS  # imported with the envs: players preload it
 
 MAX_FRAME_STACK = 16
 ATARI_WRAPPER = "AtariWrapper"
@@ -174,8 +175,6 @@ def _build(name: str, env: gym.Env, kwargs: dict[str, Any]) -> gym.Env:
         from sb3_contrib.common.wrappers import TimeFeatureWrapper
 
         return TimeFeatureWrapper(env, **kwargs)
-    from evaluator.zoo_wrappers import ZOO_WRAPPERS
-
     if name in ZOO_WRAPPERS:
         return ZOO_WRAPPERS[name](env, **kwargs)
     from gymnasium import wrappers
