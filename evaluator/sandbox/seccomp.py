@@ -10,6 +10,10 @@ bubblewrap (`--seccomp FD`) before the player starts, refuses:
   `clone3` answers ENOSYS, so the C library falls back to `clone` for threads;
 - new namespaces and mounts: `unshare`, `setns`, `mount`, `umount2`, `pivot_root`, `chroot`;
 - `setsid`, `setpgid` (no scheduling group of its own), `ptrace`, `process_vm_writev`;
+- System V IPC objects (`shmget`, `semget`, `msgget`) and POSIX message queues (`mq_open`):
+  they outlive the process in its IPC namespace, which the jobs of one warm zygote share, so
+  they would be a channel from one job to the next (the zygote also retires itself when it
+  finds SysV objects left behind); a player needs none of them;
 - the 32-bit and x32 system call ABIs (their numbers differ and would skip the rules).
 
 x86_64 only (the numbers are per architecture); elsewhere `program()` returns None and the
@@ -35,6 +39,7 @@ _REFUSED = {
     "ptrace": 101, "setpgid": 109, "setsid": 112, "chroot": 161, "mount": 165, "umount2": 166,
     "pivot_root": 155, "unshare": 272, "setns": 308, "process_vm_writev": 311,
     "fork": _FORK, "vfork": _VFORK,
+    "shmget": 29, "semget": 64, "msgget": 68, "mq_open": 240,
 }
 
 

@@ -157,6 +157,12 @@ if pid == 0:
             out["setsid"] = "allowed"
         except OSError as err:
             out["setsid"] = err.errno
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        for name, nr, args in (("shmget", 29, (0, 4096, 0o1600)), ("semget", 64, (0, 1, 0o1600)),
+                               ("msgget", 68, (0, 0o1600)), ("mq_open", 240, (b"/q", 0o102, 0o600, None))):
+            ok = libc.syscall(nr, *args) != -1
+            out[name] = "allowed" if ok else ctypes.get_errno()
         try:
             open("/tmp/x", "w").write("x" * 2_000_000)
             out["fsize"] = "unbounded"
@@ -193,6 +199,8 @@ def test_a_warm_jobs_fork_is_jailed_as_a_cold_player(tmp_path):
     assert report["CapEff"] == report["CapPrm"] == report["CapBnd"] == report["CapAmb"] == "0" * 16
     assert report["NoNewPrivs"] == "1" and report["Seccomp"] == "2"
     assert report["fork"] == errno.EPERM and report["setsid"] == errno.EPERM
+    # no IPC object that would outlive the job in the namespace the zygote's jobs share
+    assert [report[k] for k in ("shmget", "semget", "msgget", "mq_open")] == [errno.EPERM] * 4
     assert report["fsize"] == errno.EFBIG and report["cpu"] == 30
 
 
