@@ -64,6 +64,8 @@ def test_demo_agent_of_a_new_family_finishes_ranked_through_localhub_and_the_cli
     assert result.ranked is True and result.claim.verdict == "consistent", (result.claim, result.mean_reward)
     assert len(result.episode_returns) == episodes
     assert len(set(result.episode_returns)) > 1  # seeded episodes differ (Atari: sampled actions too)
+    if deterministic:  # another process (a sandboxed player), the same seeded episodes: the same returns
+        assert result.episode_returns[:N_SLOTS] == _ours(repo_id).returns
 
 
 def _ours(repo_id: str):

@@ -142,3 +142,13 @@ def test_v3_ends_an_episode_at_success_the_drift_old_agents_are_told_about():
     assert terminated and info["is_success"] and reward == 0.0 and steps < 20
     assert "ends an episode at success" in drift_notes(ENV, "1.8.0")[0]
     assert drift_notes(ENV, "2.3.0") == []
+
+
+def test_dict_agent_over_more_episodes_than_one_policy_batch(panda_agent):
+    """Runs wider than the runner's 8-row policy batch (the protocol's 50 episodes for panda):
+    a Dict batch is cut by rows key by key, and episode i's return does not depend on the run."""
+    agent = _load(panda_agent)
+    spec = resolve_env(ENV)
+    wide = run_episodes(agent.policy, spec, n_episodes=24)
+    assert wide.returns[:8] == run_episodes(agent.policy, spec, n_episodes=8).returns
+    assert len(wide.returns) == 24 and len(set(wide.returns)) == 24
