@@ -13,7 +13,10 @@ printed next to the card's claim together with the leaderboard's claim verdict.
 The Deep RL course's own formats (a FrozenLake and a Taxi Q-table, a REINFORCE CartPole module,
 a CleanRL LunarLander PPO state dict) are trained and packaged by ``scripts/course_agents.py``
 the way the course notebooks push them, in seconds each, with fixed seeds (``COURSE_AGENTS``);
-the CleanRL one over-claims.
+the CleanRL one over-claims. The RL Zoo repos of the families issue 11 added (an Atari
+SpaceInvaders PPO, a PandaReachDense A2C, a Pendulum PPO under TimeFeatureWrapper) are trained by
+``scripts/zoo_agents.py`` in about two minutes (``ZOO_AGENTS``), with the ``config.yml`` the RL Zoo
+writes and cards measured by ``evaluate_policy`` on the RL Zoo's own stack.
 
 Usage:
     python scripts/train_demo_agents.py [--out demo_hub] [--only NAME ...]
