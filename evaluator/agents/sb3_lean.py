@@ -180,6 +180,10 @@ def _is_contrib(policy: nn.Module, package: str, name: str) -> bool:
     return isinstance(policy, cls)
 
 
+def _rows(obs: Any, rows: slice) -> Any:
+    return {k: v[rows] for k, v in obs.items()} if isinstance(obs, dict) else obs[rows]
+
+
 class LeanSB3:
     """Deterministic actions of a rebuilt SB3 policy, exactly as `policy.predict(obs, True)`."""
 
@@ -313,13 +317,15 @@ class LeanSB3:
     def act_many(self, obs: Any, batch: int) -> np.ndarray:
         """`act` on each `batch` rows of `obs` in turn, concatenated; computed in one call of all
         the rows where that gives the same numbers (`fused_ok`), else batch by batch."""
-        n = len(obs)
-        if n > batch and n % batch == 0 and self.fused_ok(n, batch):
+        n = len(next(iter(obs.values()))) if isinstance(obs, dict) else len(obs)
+        if n <= batch:
+            return self.act(obs)
+        if n % batch == 0 and self.fused_ok(n, batch):
             with torch.inference_mode():
                 actions = self.finish(self.raw(self.to_tensor(obs)))
                 if actions is not None:  # else a near-tie or a NaN somewhere: batch by batch below
                     return self._post(actions.numpy().reshape((-1, *self.shape)))
-        return np.concatenate([self.act(obs[k:k + batch]) for k in range(0, n, batch)])
+        return np.concatenate([self.act(_rows(obs, slice(k, k + batch))) for k in range(0, n, batch)])
 
     def fused_ok(self, n: int, batch: int) -> bool:
         """Whether `raw` gives every row of an `n`-row call bitwise what it gives that row in a

@@ -115,3 +115,19 @@ def test_both_lead_checks_are_one_rule():
         if rng.random() < 0.05:
             x[rng.integers(n), rng.integers(k)] = rng.choice([np.nan, np.inf, -np.inf])
         assert clear_lead(x) == _clear_lead_many(x), x
+
+
+def test_dict_observations_are_called_batch_by_batch():
+    from gymnasium import spaces
+    from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+
+    space = spaces.Dict({"a": spaces.Box(-1, 1, (3,), np.float32), "b": spaces.Box(-1, 1, (2,), np.float32)})
+    torch.manual_seed(0)
+    policy = MultiInputActorCriticPolicy(space, spaces.Discrete(3), lambda _: 0.0)
+    lean = LeanSB3(policy)
+    rng = np.random.default_rng(2)
+    obs = {"a": rng.uniform(-1, 1, (24, 3)).astype(np.float32), "b": rng.uniform(-1, 1, (24, 2)).astype(np.float32)}
+    whole = lean.act_many(obs, BATCH)
+    parts = [lean.act({k: v[i:i + BATCH] for k, v in obs.items()}) for i in range(0, 24, BATCH)]
+    _same(whole, np.concatenate(parts))
+    _same(lean.act_many({k: v[:BATCH] for k, v in obs.items()}, BATCH), parts[0])
