@@ -4,11 +4,13 @@ downloads of unknown size, and the first-use errors of `python -m evaluator eval
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import localhub
 from evaluator import hub as hub_module
@@ -185,9 +187,14 @@ def test_card_strings_are_sanitised_where_they_enter():
 ])
 def test_hostile_card_yaml_is_bounded_before_parsing(hostile):
     readme = f"---\n{hostile}\n---\n# card\n"
-    started = time.thread_time()  # CPU time of this thread: a loaded machine does not make it flaky
+    started = time.thread_time()  # CPU time of this thread: other processes' CPU does not count
     assert front_matter(readme) == {}
-    assert time.thread_time() - started < 0.15
+    elapsed = time.thread_time() - started
+    if elapsed >= 0.15:  # shared caches slow even CPU time under load: against the unbounded parse, same run
+        started = time.thread_time()
+        with contextlib.suppress(Exception):
+            yaml.safe_load(hostile)
+        assert elapsed < 0.6 * (time.thread_time() - started)
 
 
 def test_an_ordinary_card_still_parses():
