@@ -278,9 +278,8 @@ def run_episodes(
 
         for slot in range(len(envs)):
             start(slot)
-        put = (lambda slot, o: batch.__setitem__(slot, o)) if isinstance(batch, np.ndarray) else (
-            lambda slot, o: put_row(batch, slot, o))
-        while any(i is not None for i in running):
+        in_place = isinstance(batch, np.ndarray)  # else a dict of arrays (Dict spaces): put_row
+        while live.any():
             # Rows of no live episode hold stale observations: an actor passes live rows only.
             actions = actor.act_rows(batch, Rows(live.copy(), started.copy(), action_seeds.copy()),
                                      deterministic=spec.deterministic)
@@ -291,7 +290,7 @@ def run_episodes(
                     f"The policy returned actions of shape {actions.shape} for a batch of "
                     f"{n_rows} observations: expected {n_rows} actions, one per row."
                 )
-            live_slots = [slot for slot, i in enumerate(running) if i is not None]
+            live_slots = np.flatnonzero(live).tolist()
             checked = check_actions(space, actions, live_slots)
             for k, slot in enumerate(live_slots):
                 i = running[slot]
@@ -307,7 +306,10 @@ def run_episodes(
                             f"action space {space} of {spec.env_key}."
                         ) from None
                 observation, reward, terminated, truncated, _ = envs[slot].step(action)
-                put(slot, observation)
+                if in_place:
+                    batch[slot] = observation
+                else:
+                    put_row(batch, slot, observation)
                 ret[slot] += float(reward)
                 steps[slot] += 1
                 if i == watched:
