@@ -241,6 +241,20 @@ def _check_name(name: str) -> str:
     return str(path)
 
 
+def downloaded_file(root: Path, name: str) -> tuple[str, str, os.stat_result]:
+    """(the checked repo path, the host file it resolves to, its stat) of a job's file: a plain
+    relative name, a regular file that exists; else CorruptFileError."""
+    name = _check_name(name)
+    host = os.path.realpath(root / name)
+    try:
+        info = os.stat(host)
+    except OSError as err:
+        raise errors.CorruptFileError(f"the downloaded file {name} is missing: {err}") from err
+    if not stat.S_ISREG(info.st_mode):
+        raise errors.CorruptFileError(f"the downloaded {name} is not a regular file")
+    return name, host, info
+
+
 def stage_files(job: Job, staging: Path) -> tuple[dict[str, str], str]:
     """(inside path -> host file, the root the player sees). Each file is bound read-only on its
     own; one the sandbox uid could not read is copied into a private staging folder first."""
@@ -248,14 +262,7 @@ def stage_files(job: Job, staging: Path) -> tuple[dict[str, str], str]:
     root = Path(job.root)
     mapped: dict[str, str] = {}
     for name in job.files:
-        name = _check_name(name)
-        host = os.path.realpath(root / name)
-        try:
-            info = os.stat(host)
-        except OSError as err:
-            raise errors.CorruptFileError(f"the downloaded file {name} is missing: {err}") from err
-        if not stat.S_ISREG(info.st_mode):
-            raise errors.CorruptFileError(f"the downloaded {name} is not a regular file")
+        name, host, info = downloaded_file(root, name)
         if conf.drops_root and not info.st_mode & stat.S_IROTH:
             copy = staging / name
             copy.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,6 @@ import logging
 import os
 import secrets
 import socket
-import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -74,20 +73,13 @@ class WarmUnavailable(Exception):
 def job_payload(root: str, names: Sequence[str]) -> list[tuple[str, str, int]]:
     """(name, host path, size) of a job's files, checked as the cold path checks them; raises
     WarmUnavailable past the warm cap (the cold player binds them instead)."""
-    from .referee import _check_name
+    from .referee import downloaded_file
 
     out, total = [], 0
     if len(names) > MAX_JOB_FILES:
         raise WarmUnavailable("too many files")
     for name in names:
-        name = _check_name(name)
-        host = os.path.realpath(Path(root) / name)
-        try:
-            info = os.stat(host)
-        except OSError as err:
-            raise errors.CorruptFileError(f"the downloaded file {name} is missing: {err}") from err
-        if not stat.S_ISREG(info.st_mode):
-            raise errors.CorruptFileError(f"the downloaded {name} is not a regular file")
+        name, host, info = downloaded_file(Path(root), name)
         total += info.st_size
         if total > MAX_JOB_BYTES:
             raise WarmUnavailable("the files exceed the warm cap")
