@@ -106,5 +106,6 @@ class LocalActor:
         out[live] = actions[:len(live)]
         return out
 
+
 def as_actor(policy: Policy | Actor) -> Actor:
     return policy if hasattr(policy, "act_rows") else LocalActor(policy)
