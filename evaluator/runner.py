@@ -52,6 +52,7 @@ from evaluator.protocol import (  # noqa: F401 (re-exported: the protocol's cons
 # whose envs are heavy (a pybullet client each) or whose policy calls dwarf the channel (Atari's
 # CNN) keep one batch in flight.
 MAX_WINDOW = 64
+MAX_CALL_ROWS = 256  # the most rows one call may carry, whatever MAX_WINDOW says (the player refuses more)
 NARROW_WINDOW_FAMILIES = frozenset({"atari", "panda"})
 # Families whose `reset(seed=...)` sets every bit of the env's state (pure Python state drawn
 # from the reseeded generator): an env of theirs may play one episode after another. Any other
@@ -179,7 +180,7 @@ def window_slots(spec: EnvSpec, n_run: int) -> int:
     """Envs (episodes in flight) of a run of `n_run` episodes: up to `MAX_WINDOW`, one batch for
     the narrow families."""
     cap = N_SLOTS if spec.family in NARROW_WINDOW_FAMILIES else MAX_WINDOW
-    return max(0, min(cap, n_run))
+    return max(0, min(cap, n_run, MAX_CALL_ROWS))
 
 
 def window_rows(spec: EnvSpec, n_run: int) -> int:

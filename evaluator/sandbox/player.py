@@ -108,9 +108,7 @@ def serve(rfd: int, wfd: int) -> None:
     from evaluator.env_wrappers import EnvView
     from evaluator.envs import make_env, resolve_env
     from evaluator.errors import InvalidOutputError
-    from evaluator.runner import MAX_WINDOW, N_SLOTS, LocalActor, Rows
-
-    MAX_WINDOW_ROWS = -(-MAX_WINDOW // N_SLOTS) * N_SLOTS
+    from evaluator.runner import MAX_CALL_ROWS, N_SLOTS, LocalActor, Rows
 
     from . import wire
 
@@ -135,8 +133,9 @@ def serve(rfd: int, wfd: int) -> None:
     actor = LocalActor(agent.policy)
     deterministic = bool(hello["deterministic"])
     n = hello.get("rows", N_SLOTS)  # rows of every call: whole policy batches, decided by the referee
-    if type(n) is not int or not 0 < n <= MAX_WINDOW_ROWS or n % N_SLOTS:
-        raise InvalidOutputError(f"the hello asks for calls of {n!r} rows: expected a multiple of {N_SLOTS}")
+    if type(n) is not int or not 0 < n <= MAX_CALL_ROWS or n % N_SLOTS:
+        raise InvalidOutputError(
+            f"the hello asks for calls of {n!r} rows: expected a multiple of {N_SLOTS} up to {MAX_CALL_ROWS}")
     body_size = wire.obs_frame_bytes(obs_layout, n)
     frame = memoryview(bytearray(wire.HEADER.size + body_size))  # every frame is read into this one buffer
     _write_all(wfd, wire.HEADER.pack(wire.READY, 0))

@@ -14,6 +14,9 @@ bubblewrap (`--seccomp FD`) before the player starts, refuses:
   they outlive the process in its IPC namespace, which the jobs of one warm zygote share, so
   they would be a channel from one job to the next (the zygote also retires itself when it
   finds SysV objects left behind); a player needs none of them;
+- the kernel keyring (`add_key`, `request_key`, `keyctl`): a key in the user keyring belongs to
+  the uid, not to the process, and outlives it and its sandbox, so a job could leave a note for
+  a later job that leases the same uid (found by a red-team review);
 - the 32-bit and x32 system call ABIs (their numbers differ and would skip the rules).
 
 x86_64 only (the numbers are per architecture); elsewhere `program()` returns None and the
@@ -40,6 +43,7 @@ _REFUSED = {
     "pivot_root": 155, "unshare": 272, "setns": 308, "process_vm_writev": 311,
     "fork": _FORK, "vfork": _VFORK,
     "shmget": 29, "semget": 64, "msgget": 68, "mq_open": 240,
+    "add_key": 248, "request_key": 249, "keyctl": 250,
 }
 
 

@@ -290,6 +290,12 @@ def test_window_rows_are_whole_policy_batches():
     assert runner.window_slots(narrow, 50) == N_SLOTS and runner.window_rows(narrow, 50) == N_SLOTS
 
 
+def test_no_window_setting_asks_for_more_rows_than_a_call_may_carry(monkeypatch):
+    monkeypatch.setattr(runner, "MAX_WINDOW", 10_000)
+    spec = resolve_env("CartPole-v1")
+    assert runner.window_rows(spec, 5000) == runner.MAX_CALL_ROWS and runner.MAX_CALL_ROWS % N_SLOTS == 0
+
+
 def test_box2d_episodes_each_get_a_fresh_env(monkeypatch):
     """A Box2D env never plays a second episode (its world keeps state across resets); classic
     control envs, whose reset sets all their state, are reused."""

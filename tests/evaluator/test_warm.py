@@ -18,6 +18,7 @@ import torch
 from stable_baselines3 import PPO
 
 from evaluator import errors
+from evaluator.envs import resolve_env
 from evaluator.evaluate import run_job
 from evaluator.job import Job
 from evaluator.runner import public_seeds
@@ -124,6 +125,18 @@ def test_one_zygote_serves_jobs_until_a_failure_or_its_quota(jobs, fresh_pool, m
     assert fresh_pool.started == 3
 
 
+def test_a_referee_window_wider_than_the_default_is_played(jobs, fresh_pool, monkeypatch):
+    """The player accepts any call up to MAX_CALL_ROWS, not just the default window (a referee
+    configured for 128 episodes in flight sends 104-row calls for 100 episodes)."""
+    import evaluator.runner as runner
+
+    job = replace(jobs["ppo-cartpole"], n_episodes=100, seeds=tuple(public_seeds(100)))
+    default = _numbers(referee.play(job))
+    monkeypatch.setattr(runner, "MAX_WINDOW", 128)
+    assert runner.window_rows(resolve_env(job.env_id), 100) == 104
+    assert _numbers(referee.play(job)) == default
+
+
 def test_a_warm_job_past_its_budget_is_stopped_and_its_zygote_retired(jobs, fresh_pool):
     with pytest.raises(errors.EvalTimeoutError):
         # 1,000,000 steps: many times what the fastest path plays in 1.5 s
@@ -160,7 +173,9 @@ if pid == 0:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         for name, nr, args in (("shmget", 29, (0, 4096, 0o1600)), ("semget", 64, (0, 1, 0o1600)),
-                               ("msgget", 68, (0, 0o1600)), ("mq_open", 240, (b"/q", 0o102, 0o600, None))):
+                               ("msgget", 68, (0, 0o1600)), ("mq_open", 240, (b"/q", 0o102, 0o600, None)),
+                               ("add_key", 248, (b"user", b"note", b"x", 1, -4)),  # -4: the user keyring
+                               ("keyctl", 250, (0, -4, 0))):  # KEYCTL_GET_KEYRING_ID of it
             ok = libc.syscall(nr, *args) != -1
             out[name] = "allowed" if ok else ctypes.get_errno()
         try:
@@ -201,6 +216,8 @@ def test_a_warm_jobs_fork_is_jailed_as_a_cold_player(tmp_path):
     assert report["fork"] == errno.EPERM and report["setsid"] == errno.EPERM
     # no IPC object that would outlive the job in the namespace the zygote's jobs share
     assert [report[k] for k in ("shmget", "semget", "msgget", "mq_open")] == [errno.EPERM] * 4
+    # nor a key in the uid's keyring, which would outlive it for the next job of that uid
+    assert [report[k] for k in ("add_key", "keyctl")] == [errno.EPERM] * 2
     assert report["fsize"] == errno.EFBIG and report["cpu"] == 30
 
 
