@@ -6,13 +6,13 @@ outside a benign list. Nothing is unpickled: every pickle is read opcode by opco
 Scanned: the agent file and the side files downloaded for the evaluation (`vec_normalize.pkl`,
 `q-learning.pkl`, `model.pt`, ...): a zip's pickles and those of the zips it holds (an SB3
 zip's `policy.pth`, a torch zip's `data.pkl`), a raw pickle or a legacy `torch.save` stream,
-the base64 `":serialized:"` fields of an SB3 zip's `data` (cloudpickle, decoded to bytes and
+the base64 `":serialized:"` fields of an SB3 zip's `data` (cloudpickle, decoded to bytes and  # safe: prose
 scanned, never loaded), and the pickles inside a pickle's byte constants that
 `torch.storage._load_from_bytes` would load.
 
 Benign: what the agent formats themselves pickle (numpy arrays, dtypes and random states,
 containers, torch tensors, storages, modules and optimizers, gym/gymnasium spaces, SB3 and
-sb3-contrib classes, the cloudpickle helpers that rebuild a function or a class without calling
+sb3-contrib classes, the cloudpickle helpers that rebuild a function or a class without calling  # safe: prose
 it, and a course REINFORCE script's own `__main__.Policy`-style class). Anything else, `os.system`,
 `subprocess.Popen`, `builtins.exec`/`eval`/`getattr`, `posix.system`, `runpy`, `importlib`, or a
 name the bytes do not state (`<dynamic STACK_GLOBAL>`), makes `pickle_unsafe` true.
@@ -76,8 +76,8 @@ BENIGN_GLOBALS = frozenset({
     "cloudpickle.cloudpickle._make_skel_func", "cloudpickle.cloudpickle._fill_function",  # safe: a name
     "cloudpickle.cloudpickle._function_setstate", "cloudpickle.cloudpickle_fast._function_setstate",  # safe: a name
     "cloudpickle.cloudpickle._class_setstate", "cloudpickle.cloudpickle_fast._class_setstate",  # safe: a name
-    "cloudpickle.cloudpickle._make_skeleton_class", "cloudpickle.cloudpickle._make_dict_keys",
-    "cloudpickle.cloudpickle._make_dict_values", "cloudpickle.cloudpickle._make_dict_items",
+    "cloudpickle.cloudpickle._make_skeleton_class", "cloudpickle.cloudpickle._make_dict_keys",  # safe: a name
+    "cloudpickle.cloudpickle._make_dict_values", "cloudpickle.cloudpickle._make_dict_items",  # safe: a name
 })
 _TORCH_DTYPE_STORAGE = re.compile(
     r"^torch\.(?:cuda\.)?(?:Float|Double|Half|BFloat16|Long|Int|Short|Char|Byte|Bool|ComplexFloat|ComplexDouble)Storage$")
@@ -145,7 +145,7 @@ def _zip_serialized(data: bytes) -> list[bytes]:
 
 def _embedded(data: bytes) -> list[bytes]:
     """Byte constants of a pickle: what `torch.storage._load_from_bytes` (a tensor pickled with
-    plain pickle) hands to `torch.load(..., weights_only=False)` when loaded. They are scanned
+    plain pickle) hands to `torch.load(..., weights_only=False)` when loaded. They are scanned  # safe: prose
     too (as a zip or as pickles of any protocol)."""
     found: list[bytes] = []
     try:
