@@ -26,6 +26,16 @@ class Rows:
     action_seeds: np.ndarray  # uint64 (rows,)
 
 
+def one_per_row(actions: Any, n: int) -> np.ndarray:
+    """`actions` as an array of `n` rows; InvalidActionError saying so for any other count."""
+    actions = np.asarray(actions)
+    if actions.ndim == 0 or actions.shape[0] != n:
+        raise InvalidActionError(
+            f"The policy returned actions of shape {actions.shape} for a batch of {n} observations: "
+            f"expected {n} actions, one per row.")
+    return actions
+
+
 class Actor(Protocol):
     def act_rows(self, obs: Any, rows: Rows, *, deterministic: bool) -> Any: ...
 
@@ -53,15 +63,8 @@ class LocalActor:
 
     def _call(self, obs: Any, deterministic: bool, rngs: list | None) -> np.ndarray:
         if deterministic:
-            actions = np.asarray(self.policy.act(obs, deterministic=True))
-        else:
-            actions = np.asarray(self.policy.act(obs, deterministic=False, rngs=rngs))
-        if actions.ndim == 0 or actions.shape[0] != N_SLOTS:
-            raise InvalidActionError(
-                f"The policy returned actions of shape {actions.shape} for a batch of "
-                f"{N_SLOTS} observations: expected {N_SLOTS} actions, one per row."
-            )
-        return actions
+            return one_per_row(self.policy.act(obs, deterministic=True), N_SLOTS)
+        return one_per_row(self.policy.act(obs, deterministic=False, rngs=rngs), N_SLOTS)
 
     def act_rows(self, obs: Any, rows: Rows, *, deterministic: bool) -> Any:
         if not deterministic:
@@ -96,11 +99,7 @@ class LocalActor:
         call of a policy that offers it: the same actions as batch-by-batch calls, by its contract."""
         pad = -len(live) % N_SLOTS
         idx = np.concatenate([live, np.full(pad, live[0], dtype=live.dtype)]) if pad else live
-        actions = np.asarray(self.policy.act_many(take_rows(obs, idx), batch=N_SLOTS))
-        if actions.ndim == 0 or actions.shape[0] != len(idx):
-            raise InvalidActionError(
-                f"The policy returned actions of shape {actions.shape} for a batch of "
-                f"{len(idx)} observations: expected {len(idx)} actions, one per row.")
+        actions = one_per_row(self.policy.act_many(take_rows(obs, idx), batch=N_SLOTS), len(idx))
         out = np.empty((n, *actions.shape[1:]), dtype=actions.dtype)
         out[:] = actions[0]  # rows of no episode: any valid action (discarded)
         out[live] = actions[:len(live)]

@@ -3,7 +3,6 @@ the rows an actor picks out of it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,9 +33,3 @@ def put_row(buffer: Any, slot: int, observation: Any) -> None:
     else:
         buffer[slot] = 0 if observation is None else observation
 
-
-def stack_observations(observations: Sequence[Any]) -> Any:
-    """One batch from per-slot observations: an array, or a dict of arrays for Dict spaces."""
-    if isinstance(observations[0], dict):
-        return {k: np.stack([np.asarray(o[k]) for o in observations]) for k in observations[0]}
-    return np.stack([np.asarray(o) for o in observations])

@@ -30,9 +30,9 @@ import gymnasium as gym
 import numpy as np
 
 from evaluator.action_checks import _show, check_action, check_actions
-from evaluator.actors import Actor, LocalActor, Rows, as_actor  # noqa: F401 (re-exported)
+from evaluator.actors import Actor, LocalActor, Rows, as_actor, one_per_row  # noqa: F401 (re-exported)
 from evaluator.agents.base import Policy
-from evaluator.batch_rows import put_row, row_buffer, stack_observations, take_rows  # noqa: F401 (re-exported)
+from evaluator.batch_rows import put_row, row_buffer, take_rows  # noqa: F401 (re-exported)
 from evaluator.envs import EnvSpec, make_env, make_vector_env
 from evaluator.errors import InvalidActionError
 from evaluator.protocol import (  # noqa: F401 (re-exported: the protocol's constants are read from here)
@@ -279,18 +279,12 @@ def run_episodes(
 
         for slot in range(len(envs)):
             start(slot)
-        in_place = isinstance(batch, np.ndarray)  # else a dict of arrays (Dict spaces): put_row
         while live.any():
             # Rows of no live episode hold stale observations: an actor passes live rows only.
             actions = actor.act_rows(batch, Rows(live.copy(), started.copy(), action_seeds.copy()),
                                      deterministic=spec.deterministic)
             started[:] = False
-            actions = np.asarray(actions)
-            if actions.ndim == 0 or actions.shape[0] != n_rows:
-                raise InvalidActionError(
-                    f"The policy returned actions of shape {actions.shape} for a batch of "
-                    f"{n_rows} observations: expected {n_rows} actions, one per row."
-                )
+            actions = one_per_row(actions, n_rows)
             live_slots = np.flatnonzero(live).tolist()
             checked = check_actions(space, actions, live_slots)
             for k, slot in enumerate(live_slots):
@@ -307,10 +301,7 @@ def run_episodes(
                             f"action space {space} of {spec.env_key}."
                         ) from None
                 observation, reward, terminated, truncated, _ = envs[slot].step(action)
-                if in_place:
-                    batch[slot] = observation
-                else:
-                    put_row(batch, slot, observation)
+                put_row(batch, slot, observation)
                 ret[slot] += float(reward)
                 steps[slot] += 1
                 if i == watched:

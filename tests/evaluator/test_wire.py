@@ -7,7 +7,7 @@ import pytest
 from gymnasium import spaces
 
 from evaluator import errors
-from evaluator.runner import stack_observations
+from evaluator.batch_rows import put_row, row_buffer
 from evaluator.sandbox import wire
 
 
@@ -17,7 +17,9 @@ def test_dict_observations_round_trip_in_key_order():
     layout = wire.observation_layout(space)
     assert [f.key for f in layout.fields] == ["achieved_goal", "observation", "step"]
     rows = [space.sample() for _ in range(8)]
-    batch = stack_observations(rows)
+    batch = row_buffer(rows[0], 8)  # as the runner fills it
+    for slot, row in enumerate(rows):
+        put_row(batch, slot, row)
     data = layout.encode(batch, 8)
     assert len(data) == layout.batch_bytes(8) == 8 * (3 * 8 + 6 * 4 + 8)
     back = layout.decode(data, 8)
