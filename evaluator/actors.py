@@ -50,6 +50,8 @@ class LocalActor:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.rngs: list[np.random.Generator | None] = []
+        self.many = getattr(policy, "act_many", None)  # deterministic calls of many rows at once
+        self._batch_idx = np.zeros(N_SLOTS, dtype=np.intp)  # the rows of a one-batch call (reused)
 
     def _seed_rows(self, rows: Rows) -> None:
         n = len(rows.live)
@@ -75,7 +77,9 @@ class LocalActor:
         live = np.flatnonzero(rows.live)
         if not len(live):
             live = np.zeros(1, dtype=np.intp)
-        if deterministic and hasattr(self.policy, "act_many"):
+        if deterministic and len(live) <= N_SLOTS:
+            return self._act_batch(obs, live, n)
+        if deterministic and self.many is not None:
             return self._act_many(obs, live, n)
         out: np.ndarray | None = None
         for first in range(0, len(live), N_SLOTS):
@@ -94,12 +98,25 @@ class LocalActor:
             out[real] = actions[:len(real)]
         return out
 
+    def _act_batch(self, obs: Any, live: np.ndarray, n: int) -> np.ndarray:
+        """Deterministic actions of up to `N_SLOTS` live rows: one policy call, padded with copies
+        of the first (the tail of a window, where one call per round is all there is)."""
+        idx = self._batch_idx
+        k = len(live)
+        idx[:k] = live
+        idx[k:] = live[0]
+        actions = self._call(take_rows(obs, idx), True, None)
+        out = np.empty((n, *actions.shape[1:]), dtype=actions.dtype)
+        out[:] = actions[0]  # rows of no episode: any valid action (discarded)
+        out[live] = actions[:k]
+        return out
+
     def _act_many(self, obs: Any, live: np.ndarray, n: int) -> np.ndarray:
         """The live rows (padded to whole batches with copies of the first) in one `act_many`
         call of a policy that offers it: the same actions as batch-by-batch calls, by its contract."""
         pad = -len(live) % N_SLOTS
         idx = np.concatenate([live, np.full(pad, live[0], dtype=live.dtype)]) if pad else live
-        actions = one_per_row(self.policy.act_many(take_rows(obs, idx), batch=N_SLOTS), len(idx))
+        actions = one_per_row(self.many(take_rows(obs, idx), batch=N_SLOTS), len(idx))
         out = np.empty((n, *actions.shape[1:]), dtype=actions.dtype)
         out[:] = actions[0]  # rows of no episode: any valid action (discarded)
         out[live] = actions[:len(live)]

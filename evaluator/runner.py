@@ -279,14 +279,14 @@ def run_episodes(
 
         for slot in range(len(envs)):
             start(slot)
+        rows = Rows(live, started, action_seeds)  # the actor reads them during its call only
         while live.any():
             # Rows of no live episode hold stale observations: an actor passes live rows only.
-            actions = actor.act_rows(batch, Rows(live.copy(), started.copy(), action_seeds.copy()),
-                                     deterministic=spec.deterministic)
+            actions = one_per_row(actor.act_rows(batch, rows, deterministic=spec.deterministic), n_rows)
             started[:] = False
-            actions = one_per_row(actions, n_rows)
             live_slots = np.flatnonzero(live).tolist()
             checked = check_actions(space, actions, live_slots)
+            in_place = isinstance(batch, np.ndarray)  # else a dict of arrays (Dict spaces): put_row
             for k, slot in enumerate(live_slots):
                 i = running[slot]
                 if checked is not None:
@@ -301,7 +301,10 @@ def run_episodes(
                             f"action space {space} of {spec.env_key}."
                         ) from None
                 observation, reward, terminated, truncated, _ = envs[slot].step(action)
-                put_row(batch, slot, observation)
+                if in_place:
+                    batch[slot] = observation
+                else:
+                    put_row(batch, slot, observation)
                 ret[slot] += float(reward)
                 steps[slot] += 1
                 if i == watched:

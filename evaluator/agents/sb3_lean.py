@@ -118,31 +118,46 @@ def clear_lead(logits: np.ndarray) -> bool:
     `softmax(logits - logsumexp(logits))` can close (all finite). Float32 values and their
     differences are exact in float64. A policy batch's few numbers are checked in plain Python
     (cheaper than numpy calls there), a fused call's many with numpy: the same rule."""
+    return clear_argmax(logits) is not None
+
+
+def clear_argmax(logits: np.ndarray) -> np.ndarray | None:
+    """Each row's argmax (int64, as torch's) when every row has a `clear_lead`, else None. With
+    a clear lead there is no tie, so any argmax is SB3's: it comes from the same pass that
+    measures the lead."""
     if len(logits) > 8:
-        return _clear_lead_many(logits)
+        return _clear_argmax_many(logits)
     rows = logits.tolist()
-    top, lead = 0.0, math.inf
-    for row in rows:
-        if not math.isfinite(sum(row)):  # NaN or inf (or an overflowing sum): SB3's path decides
-            return False
-        if len(row) < 2:
-            continue
-        ordered = sorted(row)
-        top = max(top, -ordered[0], ordered[-1])
-        lead = min(lead, ordered[-1] - ordered[-2])
     if not rows or len(rows[0]) < 2:
-        return True
-    return lead > _needed_lead(top, len(rows[0]))
+        return np.zeros(len(rows), dtype=np.int64) if math.isfinite(sum(map(sum, rows))) else None
+    if not math.isfinite(sum(map(sum, rows))):  # NaN or inf (or an overflowing sum): SB3's path decides
+        return None
+    top, lead, best = 0.0, math.inf, []
+    for row in rows:
+        ordered = sorted(row)
+        first = ordered[-1]
+        top = max(top, -ordered[0], first)
+        lead = min(lead, first - ordered[-2])
+        best.append(row.index(first))
+    if not lead > _needed_lead(top, len(rows[0])):
+        return None
+    return np.array(best, dtype=np.int64)
+
+
+def _clear_argmax_many(logits: np.ndarray) -> np.ndarray | None:
+    a = np.asarray(logits, dtype=np.float64)
+    if not np.isfinite(a).all():
+        return None
+    if a.ndim != 2 or a.shape[1] < 2:
+        return np.zeros(len(a), dtype=np.int64)
+    top2 = np.partition(a, a.shape[1] - 2, axis=1)[:, -2:]  # each row's second best, then its best
+    if not float((top2[:, 1] - top2[:, 0]).min()) > _needed_lead(float(np.abs(a).max()), a.shape[1]):
+        return None
+    return a.argmax(axis=1)
 
 
 def _clear_lead_many(logits: np.ndarray) -> bool:
-    a = np.asarray(logits, dtype=np.float64)
-    if not np.isfinite(a).all():
-        return False
-    if a.ndim != 2 or a.shape[1] < 2:
-        return True
-    top2 = np.partition(a, a.shape[1] - 2, axis=1)[:, -2:]  # each row's second best, then its best
-    return float((top2[:, 1] - top2[:, 0]).min()) > _needed_lead(float(np.abs(a).max()), a.shape[1])
+    return _clear_argmax_many(logits) is not None
 
 
 def _gaussian_mode(hidden: Forward, mean_net: Forward, squash: Forward | None, dist: Any,
@@ -180,6 +195,10 @@ def _is_contrib(policy: nn.Module, package: str, name: str) -> bool:
     return isinstance(policy, cls)
 
 
+def _numpy(actions: torch.Tensor | np.ndarray) -> np.ndarray:
+    return actions if isinstance(actions, np.ndarray) else actions.numpy()
+
+
 def _rows(obs: Any, rows: slice) -> Any:
     return {k: v[rows] for k, v in obs.items()} if isinstance(obs, dict) else obs[rows]
 
@@ -197,14 +216,17 @@ class LeanSB3:
         self.plain_obs = _plain_observations(self.obs_space)
         self.preprocess = lambda obs: preprocess_obs(obs, policy.observation_space,
                                                      normalize_images=policy.normalize_images)
+        if self.plain_obs and isinstance(self.obs_space, spaces.Box):  # SB3's own branch for these, taken once
+            self.preprocess = lambda obs: obs.float()
         self.box = isinstance(self.space, spaces.Box)
         self.shape = tuple(self.space.shape or ())
         if self.box:
             self.low, self.high = policy.action_space.low, policy.action_space.high
         # `head` = `finish(raw(obs))` where the family allows: `raw` the network's output (logits,
-        # means, Q-values), `finish` the action taken from it (None: `_predict` decides).
+        # means, Q-values), `finish` the action taken from it (a tensor or an array; None:
+        # `_predict` decides).
         self.raw: Forward | None = None
-        self.finish: Callable[[torch.Tensor], torch.Tensor | None] | None = None
+        self.finish: Callable[[torch.Tensor], torch.Tensor | np.ndarray | None] | None = None
         self.leaves: list = []  # what `raw`'s modules do (batch_invariant_graph)
         self.fused: dict[int, bool] = {}  # rows -> whether a call of that many rows may be fused
         self.head = self._head()
@@ -255,8 +277,8 @@ class LeanSB3:
         raw = lambda obs: head(latent(features(self.preprocess(obs))))  # noqa: E731
 
         if isinstance(self.space, spaces.Discrete):
-            def argmax(logits: torch.Tensor) -> torch.Tensor | None:
-                return logits.argmax(dim=1) if clear_lead(logits.numpy()) else None
+            def argmax(logits: torch.Tensor) -> np.ndarray | None:
+                return clear_argmax(logits.numpy())
 
             self.raw, self.finish, self.leaves = raw, argmax, leaves
             return lambda obs: argmax(raw(obs))
@@ -312,7 +334,7 @@ class LeanSB3:
             actions = self.head(x) if self.head is not None else None
             if actions is None:
                 actions = self.policy._predict(x, deterministic=True)
-            return self._post(actions.numpy().reshape((-1, *self.shape)))
+            return self._post(_numpy(actions).reshape((-1, *self.shape)))
 
     def act_many(self, obs: Any, batch: int) -> np.ndarray:
         """`act` on each `batch` rows of `obs` in turn, concatenated; computed in one call of all
@@ -324,7 +346,7 @@ class LeanSB3:
             with torch.inference_mode():
                 actions = self.finish(self.raw(self.to_tensor(obs)))
                 if actions is not None:  # else a near-tie or a NaN somewhere: batch by batch below
-                    return self._post(actions.numpy().reshape((-1, *self.shape)))
+                    return self._post(_numpy(actions).reshape((-1, *self.shape)))
         return np.concatenate([self.act(_rows(obs, slice(k, k + batch))) for k in range(0, n, batch)])
 
     def fused_ok(self, n: int, batch: int) -> bool:

@@ -77,8 +77,9 @@ def _preload() -> None:
     torch.set_num_threads(1)  # the protocol's numbers never depend on the core count
 
 
-def to_wire_actions(actions, space, layout, n: int) -> bytes:
-    """The policy's actions as the wire carries them; InvalidActionError for what no cast fixes."""
+def to_wire_actions(actions, space, layout, n: int, out=None) -> bytes | None:
+    """The policy's actions as the wire carries them; InvalidActionError for what no cast fixes.
+    `out` (an array of the layout's dtype and shape): written there instead, returns None."""
     import numpy as np
     from gymnasium import spaces
 
@@ -94,7 +95,10 @@ def to_wire_actions(actions, space, layout, n: int) -> bytes:
             f"{(n, *field.shape)}, one action per row, for {space}.")
     if not isinstance(space, spaces.Box) and a.dtype.kind not in "iu":
         raise InvalidActionError(f"The policy returned actions of dtype {a.dtype}: expected integers for {space}.")
-    return np.ascontiguousarray(a, dtype=field.dtype).tobytes()
+    if out is None:
+        return np.ascontiguousarray(a, dtype=field.dtype).tobytes()
+    out[...] = a  # unsafe casts excluded above: ints and floats widen losslessly to int64 / float64
+    return None
 
 
 def serve(rfd: int, wfd: int) -> None:
@@ -138,17 +142,22 @@ def serve(rfd: int, wfd: int) -> None:
             f"the hello asks for calls of {n!r} rows: expected a multiple of {N_SLOTS} up to {MAX_CALL_ROWS}")
     body_size = wire.obs_frame_bytes(obs_layout, n)
     frame = memoryview(bytearray(wire.HEADER.size + body_size))  # every frame is read into this one buffer
+    # Views of that buffer, made once: each frame's flags, seeds and observations appear in them.
+    flags, seeds, obs = wire.decode_obs_body(frame[wire.HEADER.size:], obs_layout, n, copy=False)
+    reply = bytearray(wire.HEADER.size + act_layout.batch_bytes(n))  # every answer is written here
+    reply_actions = act_layout.decode(memoryview(reply)[wire.HEADER.size:], n, copy=False)
     _write_all(wfd, wire.HEADER.pack(wire.READY, 0))
     while True:
         if not _read_into(rfd, frame):
             return
-        tag, seq = wire.HEADER.unpack(frame[:wire.HEADER.size])
+        tag, seq = wire.HEADER.unpack_from(frame)
         if tag != wire.OBS:
             raise InvalidOutputError(f"the player expected an observation frame, got {tag!r}")
-        flags, seeds, obs = wire.decode_obs_body(frame[wire.HEADER.size:], obs_layout, n, copy=False)
         rows = Rows(live=(flags & wire.LIVE) != 0, started=(flags & wire.EPISODE_START) != 0, action_seeds=seeds)
         actions = actor.act_rows(obs, rows, deterministic=deterministic)
-        _write_all(wfd, wire.HEADER.pack(wire.ACT, seq) + to_wire_actions(actions, act_space, act_layout, n))
+        to_wire_actions(actions, act_space, act_layout, n, out=reply_actions)
+        wire.HEADER.pack_into(reply, 0, wire.ACT, seq)
+        _write_all(wfd, reply)
 
 
 def answer(rfd: int, wfd: int, *, preload: bool = True, code_bearing: bool = True) -> None:

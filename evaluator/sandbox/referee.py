@@ -104,6 +104,10 @@ class RemotePlayer:
         self.wfd, self.rfd = proc.channel_fds()
         self._pending = b""  # bytes read ahead of the frame being parsed (at most one action frame's)
         self._readahead = wire.HEADER.size + self.act_layout.batch_bytes(rows)
+        # Every OBS frame is written into this one buffer, through views of its parts.
+        self._frame = bytearray(wire.HEADER.size + wire.obs_frame_bytes(self.obs_layout, rows))
+        self._flags, self._seeds, self._obs = wire.decode_obs_body(
+            memoryview(self._frame)[wire.HEADER.size:], self.obs_layout, rows, copy=False)
         self._pollers = {}
         for fd, event in ((self.wfd, select.POLLOUT), (self.rfd, select.POLLIN)):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -217,12 +221,18 @@ class RemotePlayer:
         if len(rows.live) != self.rows:
             raise ValueError(f"a call of {len(rows.live)} rows on a channel of {self.rows}")
         try:
-            body = self.obs_layout.encode(obs, self.rows)
+            self.obs_layout.encode_into(obs, self.rows, self._obs)
         except ValueError as err:
             raise errors.SpaceMismatchError(f"the env's observations do not fit its own space: {err}") from None
-        flags = rows.live.astype(np.uint8) * wire.LIVE | rows.started.astype(np.uint8) * wire.EPISODE_START
+        np.copyto(self._flags, rows.live)  # wire.LIVE
+        if rows.started.any():
+            self._flags[rows.started] |= wire.EPISODE_START
+        self._seeds[:] = rows.action_seeds
+        wire.HEADER.pack_into(self._frame, 0, wire.OBS, self.seq)
         until = min(self.deadline, time.monotonic() + ACT_SECONDS)
-        self._send(wire.encode_obs(self.seq, flags, rows.action_seeds, body), until)
+        self._send(self._frame, until)
+        if not self._pending:  # the answer takes a policy call: wait for it rather than read in vain
+            self._wait(self.rfd, select.POLLIN, until, "choose its actions")
         _, seq = self._answer(wire.ACT, until, "choose its actions")
         if seq != self.seq:
             raise errors.InvalidOutputError(f"the player answered observation {seq}, not {self.seq}: refused")

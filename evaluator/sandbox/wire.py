@@ -82,6 +82,14 @@ class Layout:
             parts.append(np.ascontiguousarray(a, dtype=f.dtype).tobytes())
         return b"".join(parts)
 
+    def encode_into(self, batch: Any, n: int, views: Any) -> None:
+        """`encode`, written into `views` (what `decode(..., copy=False)` gave for a frame buffer)."""
+        for f in self.fields:
+            a = np.asarray(batch[f.key] if self.is_dict else batch)
+            if a.shape != (n, *f.shape):
+                raise ValueError(f"shape {a.shape}, expected {(n, *f.shape)}")
+            (views[f.key] if self.is_dict else views)[...] = a
+
     def decode(self, data: bytes | bytearray | memoryview, n: int, *, copy: bool = True) -> Any:
         """The batch in `data`; `copy=False` returns views of `data` (valid while it is)."""
         out, offset = {}, 0
@@ -125,10 +133,6 @@ def action_layout(space: spaces.Space) -> Layout:
 
 def obs_frame_bytes(layout: Layout, n: int) -> int:
     return n + 8 * n + layout.batch_bytes(n)
-
-
-def encode_obs(seq: int, flags: np.ndarray, seeds: np.ndarray, body: bytes) -> bytes:
-    return HEADER.pack(OBS, seq) + np.asarray(flags, "<u1").tobytes() + np.asarray(seeds, "<u8").tobytes() + body
 
 
 def decode_obs_body(data: bytes | bytearray | memoryview, layout: Layout, n: int, *,

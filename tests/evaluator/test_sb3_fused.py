@@ -10,7 +10,15 @@ import torch
 
 from evaluator.agents import find_agent, load_agent
 from evaluator.agents.base import AgentFiles
-from evaluator.agents.sb3_lean import LeanSB3, _clear_lead_many, batch_invariant_graph, clear_lead, fast_forward
+from evaluator.agents.sb3_lean import (
+    LeanSB3,
+    _clear_argmax_many,
+    _clear_lead_many,
+    batch_invariant_graph,
+    clear_argmax,
+    clear_lead,
+    fast_forward,
+)
 from evaluator.envs import make_env, resolve_env
 from tests.evaluator.test_sb3_lean import _built, _observations, _zoo_agents
 
@@ -104,7 +112,7 @@ def test_graphs_that_could_round_differently_are_not_fused():
     assert not batch_invariant_graph(leaves(torch.nn.Linear(4, 8), torch.nn.ELU()))  # not ours to vouch for
 
 
-def test_both_lead_checks_are_one_rule():
+def test_both_lead_checks_are_one_rule_and_give_torchs_argmax():
     rng = np.random.default_rng(0)
     for _ in range(3000):
         n, k = int(rng.choice([1, 8])), int(rng.choice([1, 2, 3, 4, 6]))
@@ -115,6 +123,12 @@ def test_both_lead_checks_are_one_rule():
         if rng.random() < 0.05:
             x[rng.integers(n), rng.integers(k)] = rng.choice([np.nan, np.inf, -np.inf])
         assert clear_lead(x) == _clear_lead_many(x), x
+        few, many = clear_argmax(x), _clear_argmax_many(x)
+        assert (few is None) == (many is None) == (not clear_lead(x)), x
+        if few is not None:  # a clear lead: the index torch's argmax takes, from either path
+            expected = torch.from_numpy(x).argmax(dim=1).numpy()
+            assert few.dtype == many.dtype == expected.dtype == np.int64
+            assert few.tolist() == many.tolist() == expected.tolist(), x
 
 
 def test_dict_observations_are_called_batch_by_batch():
