@@ -31,7 +31,7 @@ from evaluator.agents import find_agent, load_agent  # noqa: E402
 from evaluator.agents.base import AgentFiles  # noqa: E402
 from evaluator.envs import make_env, resolve_env  # noqa: E402
 from evaluator.job import Job, single_thread  # noqa: E402
-from evaluator.runner import N_SLOTS, REUSABLE_ENV_FAMILIES, public_seeds, run_episodes  # noqa: E402
+from evaluator.runner import N_SLOTS, public_seeds, reuses_envs, run_episodes  # noqa: E402
 
 ZOO = Path(__file__).resolve().parents[2] / "shared" / "agents" / "zoo" / "sb3"
 
@@ -62,11 +62,11 @@ def recorded_actions(policy, spec, seeds) -> list[list]:
 
 def replay(spec, seeds, episodes) -> int:
     """The env alone under the protocol's rules: a fresh env for each episode where the protocol
-    makes one (`REUSABLE_ENV_FAMILIES`), the recorded actions stepped."""
+    makes one (`runner.reuses_envs`), the recorded actions stepped."""
     env = make_env(spec)
     steps = 0
     for k, (seed, actions) in enumerate(zip(seeds, episodes, strict=True)):
-        if k and spec.family not in REUSABLE_ENV_FAMILIES:
+        if k and not reuses_envs(spec):
             env.close()
             env = make_env(spec)
         env.reset(seed=seed)

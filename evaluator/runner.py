@@ -62,6 +62,12 @@ NARROW_WINDOW_FAMILIES = frozenset({"atari", "panda"})
 REUSABLE_ENV_FAMILIES = frozenset({"classic_control", "toy_text"})
 
 
+def reuses_envs(spec: EnvSpec) -> bool:
+    """Whether an env of this spec may play one episode after another (`REUSABLE_ENV_FAMILIES`);
+    else each episode gets an env that played nothing before."""
+    return spec.family in REUSABLE_ENV_FAMILIES
+
+
 @dataclass(frozen=True)
 class SeedSet(Sequence[int]):
     """Per-episode reset seeds plus the name of the set they come from, and, on the private set,
@@ -249,7 +255,7 @@ def run_episodes(
         started = np.zeros(n_rows, dtype=bool)
         action_seeds = np.zeros(n_rows, dtype=np.uint64)
 
-        reuse = spec.family in REUSABLE_ENV_FAMILIES
+        reuse = reuses_envs(spec)
         played = [False] * len(envs)
 
         def start(slot: int) -> None:

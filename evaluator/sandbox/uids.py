@@ -7,6 +7,10 @@ So each confined process gets a uid nobody else holds: a lease is an exclusive `
 the kernel even when the holder is killed. Two queue workers, or two threads of one, never
 share a uid. The uids have no passwd entry and own no host file (nothing of the host is
 writable inside the sandbox).
+
+The search starts at a random uid, so back-to-back jobs rarely get the same one: whatever a
+job could leave behind keyed by its uid (the kernel keyring, closed by the seccomp filter, is
+one such place) is most likely not the next job's to find.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import stat
 import tempfile
 import threading
@@ -51,9 +56,10 @@ def lease_uid(wait: float = _WAIT_SECONDS) -> Iterator[int]:
     folder = lease_dir()
     deadline = time.monotonic() + wait
     while True:
+        start = secrets.randbelow(UID_COUNT)
         with _local:  # flock is per open file: threads of one process need no extra care, but
             for offset in range(UID_COUNT):  # a lock keeps them from racing over the same files
-                uid = UID_BASE + offset
+                uid = UID_BASE + (start + offset) % UID_COUNT
                 fd = os.open(folder / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
