@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -139,17 +138,20 @@ def plain(value: Any) -> Any:
 
 
 _ZERO = dt.timedelta(0)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-
-
 def clean_text(value: Any, *, limit: int = 200) -> str | None:
-    """A string that came from outside (a submitter, a request file): no control characters or
-    surrogates, at most `limit` characters. Data, never markup or a command."""
+    """A short string that came from outside (a submitter, a request file, an error reason):
+    at most `limit` characters, None when nothing is left. Data, never markup or a command.
+
+    Where `evaluator.text.clean_text` escapes what is not printable (a card's text keeps its
+    meaning), these names drop it: control characters, surrogates, and the invisible ones too
+    (bidirectional overrides, zero-width characters, private-use and unassigned code points,
+    line separators), which could make one submitter's name look like another's."""
     if value is None:
         return None
     text = unicodedata.normalize("NFC", str(value).encode("utf-8", "replace").decode("utf-8"))
-    text = _CONTROL.sub("", text).strip()
-    return text[:limit] or None
+    if not text.isprintable():
+        text = "".join(ch for ch in text if ch.isprintable())
+    return text.strip()[:limit] or None
 
 
 def row_id(key: Iterable[Any], evaluated_at: Any, status: str | None) -> str:

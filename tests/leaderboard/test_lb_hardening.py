@@ -169,3 +169,16 @@ def test_a_result_with_hostile_text_is_recorded(tmp_path):
     store.record(result)
     row = store.history().iloc[0]
     assert "\ud800" not in row["error"] and "\x1b" not in row["error"] and "\r" not in row["error"]
+
+
+def test_submitter_names_keep_no_invisible_characters():
+    """A name with a right-to-left override or zero-width characters could pass for another
+    submitter's in the Space: what is not printable is dropped, as control characters are."""
+    from leaderboard.rows import clean_text
+
+    assert clean_text("carol\u202egnp.exe") == "carolgnp.exe"
+    assert clean_text("ca\u200brol\u2060\ufeff") == "carol"
+    assert clean_text("\x1b[31mcarol\r\n\u2028") == "[31mcarol"
+    assert clean_text("bad \ud800 name") == "bad ? name"
+    assert clean_text("\u202e\u200b") is None
+    assert clean_text("Zoë Ω  ok", limit=5) == "Zoë Ω"
