@@ -27,13 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluator.agents import find_agent  # noqa: E402
-from evaluator.envs import resolve_env  # noqa: E402
+from bench._zoo import zoo_agent, zoo_missing  # noqa: E402
 from evaluator.job import Job, single_thread  # noqa: E402
-from evaluator.runner import public_seeds  # noqa: E402
 from evaluator.sandbox import referee, warm  # noqa: E402
-
-ZOO = Path(__file__).resolve().parents[2] / "shared" / "agents" / "zoo" / "sb3"
 
 
 def timed_play(job: Job, mode: str) -> tuple[float, float]:
@@ -60,29 +56,20 @@ def main() -> int:
     parser.add_argument("--replay-agent", default="ppo-LunarLander-v2")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    if not ZOO.is_dir():
-        print(f"needs the RL Zoo agents in {ZOO}", file=sys.stderr)
+    if zoo_missing():
         return 2
     single_thread()
-
-    def job_of(name: str, n: int) -> Job:
-        root = ZOO / name
-        files = tuple(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-        fmt, agent_file = find_agent(files, repo_id=f"sb3/{name}")
-        env_id = name.split("-", 1)[1]
-        n = n or resolve_env(env_id).n_episodes
-        return Job(str(root), fmt, agent_file, files, env_id, n, tuple(public_seeds(n)))
 
     starts = []
     for _ in range(max(1, args.repeat // 2)):
         wall = time.perf_counter()
         warm.Zygote().close()
         starts.append(time.perf_counter() - wall)
-    one = job_of(args.agent, 1)
+    one = zoo_agent(args.agent).job(1)
     timed_play(one, "warm")  # this process's warm player started
     cold = median_of(args.repeat, lambda: timed_play(one, "cold"))
     hot = median_of(args.repeat, lambda: timed_play(one, "warm"))
-    full = job_of(args.replay_agent, 0)
+    full = zoo_agent(args.replay_agent).job()
     video = Path(tempfile.mkdtemp(prefix="bench-replay-")) / "replay.mp4"
     plain = median_of(max(1, args.repeat // 2), lambda: timed_play(full, "warm"))
     filmed = median_of(max(1, args.repeat // 2), lambda: timed_play(replace(full, video_path=str(video)), "warm"))

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-ZOO = Path(__file__).resolve().parents[2] / "shared" / "agents" / "zoo" / "sb3"
+from bench._zoo import ZOO, zoo_missing  # noqa: E402
+
 # The zoo agents with short evaluations (BipedalWalker's 50 x 1,600 steps would dominate).
 AGENTS = ("dqn-CartPole-v1", "ppo-CartPole-v1", "qrdqn-CartPole-v1", "ppo-Acrobot-v1", "a2c-LunarLander-v2",
           "ppo-LunarLander-v2", "dqn-LunarLander-v2", "ppo-LunarLanderContinuous-v2", "sac-Pendulum-v1",
@@ -109,8 +110,7 @@ def main() -> int:
                         help="alternate the runs this many times and keep each one's median (a shared machine's "
                              "load drifts: alternating spreads it over both)")
     args = parser.parse_args()
-    if not ZOO.is_dir():
-        print(f"needs the RL Zoo agents in {ZOO}", file=sys.stderr)
+    if zoo_missing():
         return 2
     import localhub
 

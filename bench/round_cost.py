@@ -30,13 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench.throughput import ZOO, cpu, recorded_actions, refereed, replay  # noqa: E402
+from bench._zoo import zoo_agent, zoo_missing  # noqa: E402
+from bench.throughput import cpu, recorded_actions, refereed, replay  # noqa: E402
 from evaluator.actors import LocalActor  # noqa: E402
-from evaluator.agents import find_agent, load_agent  # noqa: E402
+from evaluator.agents import load_agent  # noqa: E402
 from evaluator.agents.base import AgentFiles  # noqa: E402
 from evaluator.envs import make_env, resolve_env  # noqa: E402
-from evaluator.job import Job, single_thread  # noqa: E402
-from evaluator.runner import Rows, public_seeds, run_episodes  # noqa: E402
+from evaluator.job import single_thread  # noqa: E402
+from evaluator.runner import Rows, run_episodes  # noqa: E402
 
 
 class TimedActor(LocalActor):
@@ -115,26 +116,22 @@ def main() -> int:
     parser.add_argument("--agent", default="ppo-LunarLander-v2")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    if not ZOO.is_dir():
-        print(f"needs the RL Zoo agents in {ZOO}", file=sys.stderr)
+    if zoo_missing():
         return 2
     single_thread()
-    root = ZOO / args.agent
-    files = tuple(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    fmt, agent_file = find_agent(files, repo_id=f"sb3/{args.agent}")
-    env_id = args.agent.split("-", 1)[1]
-    spec = resolve_env(env_id)
-    n = spec.n_episodes
-    seeds = list(public_seeds(n))
+    zoo = zoo_agent(args.agent)
+    spec = resolve_env(zoo.env_id)
+    job = zoo.job()
+    n, seeds = job.n_episodes, list(job.seeds)
     env = make_env(spec)
-    policy = load_agent(fmt, AgentFiles(root, agent_file, files), env.observation_space, env.action_space).policy
+    policy = load_agent(zoo.agent_format, AgentFiles(zoo.root, zoo.agent_file, zoo.files), env.observation_space,
+                        env.action_space).policy
     env.close()
     episodes = recorded_actions(policy, spec, seeds)
     recorder = TimedActor(policy, record=True)
     result = run_episodes(recorder, spec, n_episodes=n)
     calls, steps = recorder.calls, sum(result.lengths)
     rows = len(calls[0][1].live)
-    job = Job(str(root), fmt, agent_file, files, env_id, n, tuple(seeds))
     refereed(job)  # a warm player started
 
     def warm_calls() -> float:

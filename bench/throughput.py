@@ -27,13 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from evaluator.agents import find_agent, load_agent  # noqa: E402
+from bench._zoo import ZOO, zoo_agent, zoo_missing  # noqa: E402, F401 (ZOO re-exported)
+from evaluator.agents import load_agent  # noqa: E402
 from evaluator.agents.base import AgentFiles  # noqa: E402
 from evaluator.envs import make_env, resolve_env  # noqa: E402
 from evaluator.job import Job, single_thread  # noqa: E402
-from evaluator.runner import N_SLOTS, public_seeds, reuses_envs, run_episodes  # noqa: E402
-
-ZOO = Path(__file__).resolve().parents[2] / "shared" / "agents" / "zoo" / "sb3"
+from evaluator.runner import N_SLOTS, reuses_envs, run_episodes  # noqa: E402
 
 
 def cpu(fn) -> tuple[float, object]:
@@ -112,18 +111,15 @@ def refereed(job: Job) -> tuple[float, int]:
 
 
 def measure(name: str, repeat: int) -> dict:
-    root = ZOO / name
-    files = tuple(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    fmt, agent_file = find_agent(files, repo_id=f"sb3/{name}")
-    env_id = name.split("-", 1)[1]
-    spec = resolve_env(env_id)
-    n = spec.n_episodes
-    seeds = list(public_seeds(n))
+    zoo = zoo_agent(name)
+    spec = resolve_env(zoo.env_id)
+    job = zoo.job()
+    n, seeds = job.n_episodes, list(job.seeds)
     env = make_env(spec)
-    agent = load_agent(fmt, AgentFiles(root, agent_file, files), env.observation_space, env.action_space)
+    agent = load_agent(zoo.agent_format, AgentFiles(zoo.root, zoo.agent_file, zoo.files), env.observation_space,
+                       env.action_space)
     env.close()
     episodes = recorded_actions(agent.policy, spec, seeds)
-    job = Job(str(root), fmt, agent_file, files, env_id, n, tuple(seeds))
     if agent.policy.obs_stats is not None:
         raise SystemExit(f"{name}: evaluate_policy would need VecNormalize; pick an agent without it")
     runs: dict[str, list[float]] = {k: [] for k in ("env", "evaluate_policy", "predict", "lean", "refereed")}
@@ -151,8 +147,7 @@ def main() -> int:
     parser.add_argument("--agents", nargs="+", default=["ppo-LunarLander-v2", "ppo-CartPole-v1"])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    if not ZOO.is_dir():
-        print(f"needs the RL Zoo agents in {ZOO}", file=sys.stderr)
+    if zoo_missing():
         return 2
     single_thread()
     rows = [measure(name, args.repeat) for name in args.agents]

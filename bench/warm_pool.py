@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from bench._zoo import ZOO, zoo_missing  # noqa: E402
 from bench.ray_scale import nudged_zip  # noqa: E402
 
-ZOO = Path(__file__).resolve().parents[2] / "shared" / "agents" / "zoo" / "sb3"
 MIX = ("ppo-LunarLander-v2", "dqn-LunarLander-v2", "a2c-LunarLander-v2", "ppo-CartPole-v1")
 
 
@@ -98,8 +98,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=["cold", "warm"], choices=["cold", "warm"])
     args = parser.parse_args()
-    if not ZOO.is_dir():
-        print(f"needs the RL Zoo agents in {ZOO}", file=sys.stderr)
+    if zoo_missing():
         return 2
     import localhub
 
