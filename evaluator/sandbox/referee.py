@@ -218,8 +218,11 @@ class RemotePlayer:
 
     def act_rows(self, obs: Any, rows: Rows, *, deterministic: bool) -> np.ndarray:
         self.seq = (self.seq + 1) & 0xFFFF_FFFF
-        if len(rows.live) != self.rows:
+        shape = (self.rows,)
+        if rows.live.shape != shape or rows.started.shape != shape or np.shape(rows.action_seeds) != shape:
             raise ValueError(f"a call of {len(rows.live)} rows on a channel of {self.rows}")
+        if rows.live.dtype != np.bool_ or rows.started.dtype != np.bool_:  # masks, never indices
+            raise ValueError(f"row flags of dtype {rows.live.dtype}/{rows.started.dtype}: expected bool")
         try:
             self.obs_layout.encode_into(obs, self.rows, self._obs)
         except ValueError as err:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -55,3 +58,39 @@ def test_error_frames_are_bounded_and_typed():
     assert wire.decode_error(wire.encode_error("timeout", "no")[8:])[0] == "internal_error"  # not a player's to say
     with pytest.raises(ValueError):
         wire.decode_error(b"\xff\xff")
+
+
+class _Pipes:
+    """What RemotePlayer needs of a process to build its channel (nothing is sent here)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.obs_r, self.obs_w = os.pipe()
+        self.act_r, self.act_w = os.pipe()
+
+    def channel_fds(self):
+        return self.obs_w, self.act_r
+
+    def close(self) -> None:
+        for fd in (self.obs_r, self.obs_w, self.act_r, self.act_w):
+            os.close(fd)
+
+
+def test_the_referee_refuses_rows_that_are_not_full_bool_masks():
+    """Row flags are written into the frame as masks: an integer array would index rows instead,
+    a short seed array would be broadcast. Either is refused before anything is sent."""
+    from evaluator.runner import Rows
+    from evaluator.sandbox.referee import RemotePlayer
+
+    pipes = _Pipes()
+    try:
+        remote = RemotePlayer(pipes, spaces.Box(-1, 1, (3,), np.float32), spaces.Discrete(2), budget=5.0, rows=8)
+        obs = np.zeros((8, 3), np.float32)
+        live, seeds = np.ones(8, bool), np.zeros(8, np.uint64)
+        for bad in (Rows(live, np.eye(8, dtype=np.uint8)[7], seeds), Rows(live.astype(int), live, seeds),
+                    Rows(live, ~live, np.zeros(1, np.uint64)), Rows(live[:7], ~live[:7], seeds[:7])):
+            with pytest.raises(ValueError):
+                remote.act_rows(obs, bad, deterministic=True)
+        assert remote.calls == 0
+    finally:
+        pipes.close()
