@@ -18,12 +18,35 @@ from evaluator.protocol import N_SLOTS
 @dataclass
 class Rows:
     """What the actor knows of each row of a call besides its observation: whether it is live
-    (padding rows' actions are discarded), whether its episode starts with this call, and its
-    episode's action seed. A call has `window_rows` rows, a multiple of `N_SLOTS`."""
+    (padding rows' actions are discarded), whether its episode starts with this call, its
+    episode's action seed, and the position its episode takes in a policy batch (episode i:
+    i % N_SLOTS; None: each row's own index % N_SLOTS). A call has `window_rows` rows, a
+    multiple of `N_SLOTS`."""
 
     live: np.ndarray  # bool (rows,)
     started: np.ndarray  # bool (rows,)
     action_seeds: np.ndarray  # uint64 (rows,)
+    positions: np.ndarray | None = None  # uint8 (rows,), each < N_SLOTS
+
+
+def placement(live: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(idx, at): the rows of whole policy batches, `idx` (a multiple of N_SLOTS long: batch c is
+    idx[c*N_SLOTS:(c+1)*N_SLOTS]), in which live row live[j] sits at index at[j], at its
+    position in its batch; unused places hold a copy of a live row (their actions are
+    discarded). As few batches as the most live rows sharing one position."""
+    pos = positions[live].astype(np.intp)
+    if len(live) <= N_SLOTS and len(np.unique(pos)) == len(live):  # one batch (the tail of a window)
+        idx = np.full(N_SLOTS, live[0], dtype=np.intp)
+        idx[pos] = live
+        return idx, pos
+    order = np.argsort(pos, kind="stable")
+    ordered = pos[order]
+    rank = np.arange(len(live)) - np.searchsorted(ordered, ordered)  # how many before it share its position
+    at = np.empty(len(live), dtype=np.intp)
+    at[order] = rank * N_SLOTS + ordered
+    idx = np.full((int(rank.max()) + 1) * N_SLOTS, live[0], dtype=np.intp)
+    idx[at] = live
+    return idx, at
 
 
 def one_per_row(actions: Any, n: int) -> np.ndarray:
@@ -41,17 +64,18 @@ class Actor(Protocol):
 
 
 class LocalActor:
-    """Calls a `Policy` in this process, `N_SLOTS` rows at a time: a call's live rows are cut into
-    full batches (the last one padded with a copy of one of its live rows), so the policy sees
-    the batch size the protocol fixes whatever the window. A stochastic policy gets one
-    generator per live row, seeded from its episode's action seed when the episode starts, so
-    its draws do not depend on which row, process or machine plays the episode."""
+    """Calls a `Policy` in this process, `N_SLOTS` rows at a time: a call's live rows are placed
+    in full batches, each at its episode's position (`placement`; unused places padded with a
+    copy of a live row), so the policy sees the batch size the protocol fixes and each episode
+    its row of the batch, whatever the window. A stochastic policy gets one generator per live
+    row, seeded from its episode's action seed when the episode starts, so its draws do not
+    depend on which row, process or machine plays the episode."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.rngs: list[np.random.Generator | None] = []
         self.many = getattr(policy, "act_many", None)  # deterministic calls of many rows at once
-        self._batch_idx = np.zeros(N_SLOTS, dtype=np.intp)  # the rows of a one-batch call (reused)
+        self._own = np.arange(N_SLOTS, dtype=np.intp)  # each row at its own index's position
 
     def _seed_rows(self, rows: Rows) -> None:
         n = len(rows.live)
@@ -68,58 +92,47 @@ class LocalActor:
             return one_per_row(self.policy.act(obs, deterministic=True), N_SLOTS)
         return one_per_row(self.policy.act(obs, deterministic=False, rngs=rngs), N_SLOTS)
 
+    def _positions(self, rows: Rows, n: int) -> np.ndarray:
+        if len(self._own) != n:
+            self._own = np.arange(n, dtype=np.intp) % N_SLOTS
+        if rows.positions is None:
+            return self._own
+        positions = np.asarray(rows.positions)
+        if positions.shape != (n,) or positions.dtype.kind not in "iu" or (positions >= N_SLOTS).any():
+            raise ValueError(f"row positions must be {n} integers below {N_SLOTS}")
+        return positions
+
     def act_rows(self, obs: Any, rows: Rows, *, deterministic: bool) -> Any:
         if not deterministic:
             self._seed_rows(rows)
         n = len(rows.live)
-        if n == N_SLOTS and rows.live.all():
+        positions = self._positions(rows, n)
+        if n == N_SLOTS and rows.live.all() and (positions == self._own).all():
             return self._call(obs, deterministic, None if deterministic else list(self.rngs))
         live = np.flatnonzero(rows.live)
         if not len(live):
             live = np.zeros(1, dtype=np.intp)
-        if deterministic and len(live) <= N_SLOTS:
-            return self._act_batch(obs, live, n)
-        if deterministic and self.many is not None:
-            return self._act_many(obs, live, n)
-        out: np.ndarray | None = None
-        for first in range(0, len(live), N_SLOTS):
-            real = live[first:first + N_SLOTS]
-            idx = real if len(real) == N_SLOTS else np.concatenate(
-                [real, np.full(N_SLOTS - len(real), real[0], dtype=real.dtype)])
-            rngs = None if deterministic else [self.rngs[i] for i in real] + [None] * (N_SLOTS - len(real))
-            actions = self._call(take_rows(obs, idx), deterministic, rngs)
-            if out is None:
-                out = np.empty((n, *actions.shape[1:]), dtype=actions.dtype)
-                out[:] = actions[0]  # rows of no episode: any valid action (discarded)
-            elif actions.dtype != out.dtype or actions.shape[1:] != out.shape[1:]:
-                raise InvalidActionError(
-                    f"The policy returned actions of dtype {actions.dtype} and shape {actions.shape} after "
-                    f"{out.dtype} and {(N_SLOTS, *out.shape[1:])}: one policy must answer alike.")
-            out[real] = actions[:len(real)]
-        return out
-
-    def _act_batch(self, obs: Any, live: np.ndarray, n: int) -> np.ndarray:
-        """Deterministic actions of up to `N_SLOTS` live rows: one policy call, padded with copies
-        of the first (the tail of a window, where one call per round is all there is)."""
-        idx = self._batch_idx
-        k = len(live)
-        idx[:k] = live
-        idx[k:] = live[0]
-        actions = self._call(take_rows(obs, idx), True, None)
+        idx, at = placement(live, positions)
+        if deterministic and self.many is not None and len(idx) > N_SLOTS:
+            # One call of every batch where the policy can fuse them: the same actions, by its contract.
+            actions = one_per_row(self.many(take_rows(obs, idx), batch=N_SLOTS), len(idx))
+        else:
+            placed = np.zeros(len(idx), dtype=bool)
+            placed[at] = True  # padding places draw nothing
+            parts = []
+            for first in range(0, len(idx), N_SLOTS):
+                batch = idx[first:first + N_SLOTS]
+                rngs = None if deterministic else [
+                    self.rngs[r] if placed[first + k] else None for k, r in enumerate(batch.tolist())]
+                parts.append(self._call(take_rows(obs, batch), deterministic, rngs))
+                if parts[-1].dtype != parts[0].dtype or parts[-1].shape != parts[0].shape:
+                    raise InvalidActionError(
+                        f"The policy returned actions of dtype {parts[-1].dtype} and shape {parts[-1].shape} after "
+                        f"{parts[0].dtype} and {parts[0].shape}: one policy must answer alike.")
+            actions = parts[0] if len(parts) == 1 else np.concatenate(parts)
         out = np.empty((n, *actions.shape[1:]), dtype=actions.dtype)
         out[:] = actions[0]  # rows of no episode: any valid action (discarded)
-        out[live] = actions[:k]
-        return out
-
-    def _act_many(self, obs: Any, live: np.ndarray, n: int) -> np.ndarray:
-        """The live rows (padded to whole batches with copies of the first) in one `act_many`
-        call of a policy that offers it: the same actions as batch-by-batch calls, by its contract."""
-        pad = -len(live) % N_SLOTS
-        idx = np.concatenate([live, np.full(pad, live[0], dtype=live.dtype)]) if pad else live
-        actions = one_per_row(self.many(take_rows(obs, idx), batch=N_SLOTS), len(idx))
-        out = np.empty((n, *actions.shape[1:]), dtype=actions.dtype)
-        out[:] = actions[0]  # rows of no episode: any valid action (discarded)
-        out[live] = actions[:len(live)]
+        out[live] = actions[at]
         return out
 
 

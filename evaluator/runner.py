@@ -6,7 +6,12 @@ Why each rule:
   played nothing before it (or one whose reset provably sets all its state).
 - The policy is always called on a full batch of `N_SLOTS` rows (idle slots padded with a copy
   of a live observation, their actions discarded): torch's CPU kernels give bitwise different
-  outputs for 1-3 rows than for >= 4, but the same output for a row at any fixed batch size.
+  outputs for 1-3 rows than for >= 4, but the same output for a row at any fixed batch size
+  and position.
+- Episode i always sits at row `i % N_SLOTS` of its batch: some networks' outputs depend on the
+  row (torch's vectorised tanh takes the last elements of a tensor with a scalar function, so
+  on a layer whose width is not a multiple of 4 the last rows of an 8-row batch round
+  differently), and the row must not depend on which other episodes are in flight.
 - Returns are summed in float64 in step order.
 So same revision + protocol + library versions + CPU kind = the same returns, bit for bit.
 
@@ -254,6 +259,7 @@ def run_episodes(
         live = np.zeros(n_rows, dtype=bool)
         started = np.zeros(n_rows, dtype=bool)
         action_seeds = np.zeros(n_rows, dtype=np.uint64)
+        positions = np.arange(n_rows, dtype=np.uint8) % N_SLOTS  # each episode's row in its policy batch
 
         reuse = reuses_envs(spec)
         played = [False] * len(envs)
@@ -277,6 +283,7 @@ def run_episodes(
             put_row(batch, slot, first)
             running[slot], ret[slot], steps[slot] = i, 0.0, 0
             live[slot], started[slot] = True, True
+            positions[slot] = i % N_SLOTS
             # Deterministic protocols send no action seed at all: nothing derived from a seed
             # reaches the policy that does not need it.
             action_seeds[slot] = 0 if spec.deterministic else action_seed(ep_seeds[i], secret)
@@ -285,7 +292,7 @@ def run_episodes(
 
         for slot in range(len(envs)):
             start(slot)
-        rows = Rows(live, started, action_seeds)  # the actor reads them during its call only
+        rows = Rows(live, started, action_seeds, positions)  # the actor reads them during its call only
         while live.any():
             # Rows of no live episode hold stale observations: an actor passes live rows only.
             actions = one_per_row(actor.act_rows(batch, rows, deterministic=spec.deterministic), n_rows)

@@ -153,7 +153,8 @@ def serve(rfd: int, wfd: int) -> None:
         tag, seq = wire.HEADER.unpack_from(frame)
         if tag != wire.OBS:
             raise InvalidOutputError(f"the player expected an observation frame, got {tag!r}")
-        rows = Rows(live=(flags & wire.LIVE) != 0, started=(flags & wire.EPISODE_START) != 0, action_seeds=seeds)
+        rows = Rows(live=(flags & wire.LIVE) != 0, started=(flags & wire.EPISODE_START) != 0, action_seeds=seeds,
+                    positions=(flags >> wire.POSITION_SHIFT) & wire.POSITION_MASK)
         actions = actor.act_rows(obs, rows, deterministic=deterministic)
         to_wire_actions(actions, act_space, act_layout, n, out=reply_actions)
         wire.HEADER.pack_into(reply, 0, wire.ACT, seq)

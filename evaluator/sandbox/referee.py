@@ -108,6 +108,7 @@ class RemotePlayer:
         self._frame = bytearray(wire.HEADER.size + wire.obs_frame_bytes(self.obs_layout, rows))
         self._flags, self._seeds, self._obs = wire.decode_obs_body(
             memoryview(self._frame)[wire.HEADER.size:], self.obs_layout, rows, copy=False)
+        self._own = np.arange(rows, dtype=np.uint8) % N_SLOTS  # positions of calls that give none
         self._pollers = {}
         for fd, event in ((self.wfd, select.POLLOUT), (self.rfd, select.POLLIN)):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -223,11 +224,15 @@ class RemotePlayer:
             raise ValueError(f"a call of {len(rows.live)} rows on a channel of {self.rows}")
         if rows.live.dtype != np.bool_ or rows.started.dtype != np.bool_:  # masks, never indices
             raise ValueError(f"row flags of dtype {rows.live.dtype}/{rows.started.dtype}: expected bool")
+        positions = self._own if rows.positions is None else np.asarray(rows.positions)
+        if positions.shape != shape or positions.dtype.kind not in "iu" or (positions > wire.POSITION_MASK).any():
+            raise ValueError(f"row positions must be {self.rows} integers below {wire.POSITION_MASK + 1}")
         try:
             self.obs_layout.encode_into(obs, self.rows, self._obs)
         except ValueError as err:
             raise errors.SpaceMismatchError(f"the env's observations do not fit its own space: {err}") from None
-        np.copyto(self._flags, rows.live)  # wire.LIVE
+        np.left_shift(positions, wire.POSITION_SHIFT, out=self._flags, casting="unsafe")
+        self._flags |= rows.live  # wire.LIVE
         if rows.started.any():
             self._flags[rows.started] |= wire.EPISODE_START
         self._seeds[:] = rows.action_seeds

@@ -5,7 +5,8 @@ Referee -> player (the player's stdin):
            which env id and protocol, and `rows`, the R rows of every call (a multiple of
            N_SLOTS: a window of episodes in flight); never seeds, the job, the store or the
            result channel
-    OBS    tag b"OBS1", u32 sequence number, then R row flags (u8: 1 live, 2 episode start),
+    OBS    tag b"OBS1", u32 sequence number, then R row flags (u8: 1 live, 2 episode start,
+           bits 2-4 the row's position in a policy batch: `runner`'s rule, episode i % N_SLOTS),
            R action seeds (u64) and R observations in the observation layout
 Player -> referee (the player's stdout):
     READY  tag b"RDY1", u32 0: the agent is loaded
@@ -37,6 +38,7 @@ HELLO, OBS, READY, ACT, ERROR = b"HEL1", b"OBS1", b"RDY1", b"ACT1", b"ERR1"
 MAX_HELLO_BYTES = 1 << 16
 MAX_ERROR_BYTES = 4096
 LIVE, EPISODE_START = 1, 2
+POSITION_SHIFT, POSITION_MASK = 2, 0b111  # flags >> 2 & 7: the row's position in its policy batch
 
 # What a player may say went wrong (its own load or act). Never a timeout, a crash, an invalid
 # answer or a Hub failure: those are the referee's to decide.
