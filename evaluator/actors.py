@@ -76,6 +76,8 @@ class LocalActor:
         self.rngs: list[np.random.Generator | None] = []
         self.many = getattr(policy, "act_many", None)  # deterministic calls of many rows at once
         self._own = np.arange(N_SLOTS, dtype=np.intp)  # each row at its own index's position
+        self._last_key: tuple[bytes, bytes] | None = None  # the last call's live rows and positions
+        self._last: tuple = ()  # and what `_placed` made of them
 
     def _seed_rows(self, rows: Rows) -> None:
         n = len(rows.live)
@@ -92,48 +94,60 @@ class LocalActor:
             return one_per_row(self.policy.act(obs, deterministic=True), N_SLOTS)
         return one_per_row(self.policy.act(obs, deterministic=False, rngs=rngs), N_SLOTS)
 
-    def _positions(self, rows: Rows, n: int) -> np.ndarray:
-        if len(self._own) != n:
-            self._own = np.arange(n, dtype=np.intp) % N_SLOTS
-        if rows.positions is None:
-            return self._own
-        positions = np.asarray(rows.positions)
-        if positions.shape != (n,) or positions.dtype.kind not in "iu" or (positions >= N_SLOTS).any():
-            raise ValueError(f"row positions must be {n} integers below {N_SLOTS}")
-        return positions
+    def _placed(self, rows: Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """(live rows, `placement` of them, whether that is the call's own 8 rows as they are),
+        kept while the live rows and their positions stay the same (most rounds of a window:
+        episodes start and end only now and then)."""
+        n = len(rows.live)
+        positions = rows.positions
+        if positions is None:
+            if len(self._own) != n:
+                self._own = np.arange(n, dtype=np.intp) % N_SLOTS
+            positions = self._own
+        key = (rows.live.tobytes(), np.asarray(positions).tobytes())
+        if self._last_key != key:
+            positions = np.asarray(positions)
+            if positions.shape != (n,) or positions.dtype.kind not in "iu" or (positions >= N_SLOTS).any():
+                raise ValueError(f"row positions must be {n} integers below {N_SLOTS}")
+            live = np.flatnonzero(rows.live)
+            whole = n == N_SLOTS and len(live) == n and (positions == np.arange(n)).all()
+            if not len(live):
+                live = np.zeros(1, dtype=np.intp)
+            self._last_key, self._last = key, (live, *placement(live, positions), whole)
+        return self._last
 
     def act_rows(self, obs: Any, rows: Rows, *, deterministic: bool) -> Any:
         if not deterministic:
             self._seed_rows(rows)
-        n = len(rows.live)
-        positions = self._positions(rows, n)
-        if n == N_SLOTS and rows.live.all() and (positions == self._own).all():
+        live, idx, at, whole = self._placed(rows)
+        if whole:
             return self._call(obs, deterministic, None if deterministic else list(self.rngs))
-        live = np.flatnonzero(rows.live)
-        if not len(live):
-            live = np.zeros(1, dtype=np.intp)
-        idx, at = placement(live, positions)
-        if deterministic and self.many is not None and len(idx) > N_SLOTS:
+        if deterministic and len(idx) == N_SLOTS:  # one batch: the tail of a window
+            actions = self._call(take_rows(obs, idx), True, None)
+        elif deterministic and self.many is not None:
             # One call of every batch where the policy can fuse them: the same actions, by its contract.
             actions = one_per_row(self.many(take_rows(obs, idx), batch=N_SLOTS), len(idx))
         else:
-            placed = np.zeros(len(idx), dtype=bool)
-            placed[at] = True  # padding places draw nothing
-            parts = []
-            for first in range(0, len(idx), N_SLOTS):
-                batch = idx[first:first + N_SLOTS]
-                rngs = None if deterministic else [
-                    self.rngs[r] if placed[first + k] else None for k, r in enumerate(batch.tolist())]
-                parts.append(self._call(take_rows(obs, batch), deterministic, rngs))
-                if parts[-1].dtype != parts[0].dtype or parts[-1].shape != parts[0].shape:
-                    raise InvalidActionError(
-                        f"The policy returned actions of dtype {parts[-1].dtype} and shape {parts[-1].shape} after "
-                        f"{parts[0].dtype} and {parts[0].shape}: one policy must answer alike.")
-            actions = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        out = np.empty((n, *actions.shape[1:]), dtype=actions.dtype)
+            actions = self._batch_by_batch(obs, idx, at, deterministic)
+        out = np.empty((len(rows.live), *actions.shape[1:]), dtype=actions.dtype)
         out[:] = actions[0]  # rows of no episode: any valid action (discarded)
         out[live] = actions[at]
         return out
+
+    def _batch_by_batch(self, obs: Any, idx: np.ndarray, at: np.ndarray, deterministic: bool) -> np.ndarray:
+        placed = np.zeros(len(idx), dtype=bool)
+        placed[at] = True  # padding places draw nothing
+        parts = []
+        for first in range(0, len(idx), N_SLOTS):
+            batch = idx[first:first + N_SLOTS]
+            rngs = None if deterministic else [
+                self.rngs[r] if placed[first + k] else None for k, r in enumerate(batch.tolist())]
+            parts.append(self._call(take_rows(obs, batch), deterministic, rngs))
+            if parts[-1].dtype != parts[0].dtype or parts[-1].shape != parts[0].shape:
+                raise InvalidActionError(
+                    f"The policy returned actions of dtype {parts[-1].dtype} and shape {parts[-1].shape} after "
+                    f"{parts[0].dtype} and {parts[0].shape}: one policy must answer alike.")
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def as_actor(policy: Policy | Actor) -> Actor:
