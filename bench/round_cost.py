@@ -50,7 +50,9 @@ class TimedActor(LocalActor):
 
     def act_rows(self, obs, rows, *, deterministic):
         if self.calls is not None:
-            self.calls.append((np.array(obs), Rows(rows.live.copy(), rows.started.copy(), rows.action_seeds.copy())))
+            positions = None if rows.positions is None else rows.positions.copy()
+            self.calls.append((np.array(obs), Rows(rows.live.copy(), rows.started.copy(), rows.action_seeds.copy(),
+                                                   positions)))
         start = time.thread_time()
         out = super().act_rows(obs, rows, deterministic=deterministic)
         self.seconds += time.thread_time() - start
