@@ -29,6 +29,17 @@ class Rows:
     positions: np.ndarray | None = None  # uint8 (rows,), each < N_SLOTS
 
 
+def row_positions(rows: Rows, n: int) -> np.ndarray:
+    """Each of the `n` rows' position in its policy batch: `rows.positions`, checked (n integers
+    below N_SLOTS: ValueError otherwise), or each row's own index % N_SLOTS when it gives none."""
+    if rows.positions is None:
+        return np.arange(n, dtype=np.intp) % N_SLOTS
+    positions = np.asarray(rows.positions)
+    if positions.shape != (n,) or positions.dtype.kind not in "iu" or (positions >= N_SLOTS).any():
+        raise ValueError(f"row positions must be {n} integers below {N_SLOTS}")
+    return positions
+
+
 def placement(live: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(idx, at): the rows of whole policy batches, `idx` (a multiple of N_SLOTS long: batch c is
     idx[c*N_SLOTS:(c+1)*N_SLOTS]), in which live row live[j] sits at index at[j], at its
@@ -75,8 +86,7 @@ class LocalActor:
         self.policy = policy
         self.rngs: list[np.random.Generator | None] = []
         self.many = getattr(policy, "act_many", None)  # deterministic calls of many rows at once
-        self._own = np.arange(N_SLOTS, dtype=np.intp)  # each row at its own index's position
-        self._last_key: tuple[bytes, bytes] | None = None  # the last call's live rows and positions
+        self._last_key: tuple | None = None  # the last call's live rows and positions
         self._last: tuple = ()  # and what `_placed` made of them
 
     def _seed_rows(self, rows: Rows) -> None:
@@ -99,16 +109,9 @@ class LocalActor:
         kept while the live rows and their positions stay the same (most rounds of a window:
         episodes start and end only now and then)."""
         n = len(rows.live)
-        positions = rows.positions
-        if positions is None:
-            if len(self._own) != n:
-                self._own = np.arange(n, dtype=np.intp) % N_SLOTS
-            positions = self._own
-        key = (rows.live.tobytes(), np.asarray(positions).tobytes())
+        key = (rows.live.tobytes(), None if rows.positions is None else np.asarray(rows.positions).tobytes())
         if self._last_key != key:
-            positions = np.asarray(positions)
-            if positions.shape != (n,) or positions.dtype.kind not in "iu" or (positions >= N_SLOTS).any():
-                raise ValueError(f"row positions must be {n} integers below {N_SLOTS}")
+            positions = row_positions(rows, n)
             live = np.flatnonzero(rows.live)
             whole = n == N_SLOTS and len(live) == n and (positions == np.arange(n)).all()
             if not len(live):

@@ -9,9 +9,9 @@ Why each rule:
   outputs for 1-3 rows than for >= 4, but the same output for a row at any fixed batch size
   and position.
 - Episode i always sits at row `i % N_SLOTS` of its batch: some networks' outputs depend on the
-  row (torch's vectorised tanh takes the last elements of a tensor with a scalar function, so
-  on a layer whose width is not a multiple of 4 the last rows of an 8-row batch round
-  differently), and the row must not depend on which other episodes are in flight.
+  row (torch's CPU matrix product sums some rows of an 8-row batch in another order when an
+  inner width is not a multiple of 4), and the row must not depend on which other episodes
+  are in flight.
 - Returns are summed in float64 in step order.
 So same revision + protocol + library versions + CPU kind = the same returns, bit for bit.
 
@@ -293,13 +293,13 @@ def run_episodes(
         for slot in range(len(envs)):
             start(slot)
         rows = Rows(live, started, action_seeds, positions)  # the actor reads them during its call only
+        in_place = isinstance(batch, np.ndarray)  # else a dict of arrays (Dict spaces): put_row
         while live.any():
             # Rows of no live episode hold stale observations: an actor passes live rows only.
             actions = one_per_row(actor.act_rows(batch, rows, deterministic=spec.deterministic), n_rows)
             started[:] = False
             live_slots = np.flatnonzero(live).tolist()
             checked = check_actions(space, actions, live_slots)
-            in_place = isinstance(batch, np.ndarray)  # else a dict of arrays (Dict spaces): put_row
             for k, slot in enumerate(live_slots):
                 i = running[slot]
                 if checked is not None:

@@ -128,10 +128,10 @@ def clear_argmax(logits: np.ndarray) -> np.ndarray | None:
     if len(logits) > 8:
         return _clear_argmax_many(logits)
     rows = logits.tolist()
-    if not rows or len(rows[0]) < 2:
-        return np.zeros(len(rows), dtype=np.int64) if math.isfinite(sum(map(sum, rows))) else None
     if not math.isfinite(sum(map(sum, rows))):  # NaN or inf (or an overflowing sum): SB3's path decides
         return None
+    if not rows or len(rows[0]) < 2:
+        return np.zeros(len(rows), dtype=np.int64)
     top, lead, best = 0.0, math.inf, []
     for row in rows:
         ordered = sorted(row)

@@ -77,9 +77,9 @@ def _preload() -> None:
     torch.set_num_threads(1)  # the protocol's numbers never depend on the core count
 
 
-def to_wire_actions(actions, space, layout, n: int, out=None) -> bytes | None:
-    """The policy's actions as the wire carries them; InvalidActionError for what no cast fixes.
-    `out` (an array of the layout's dtype and shape): written there instead, returns None."""
+def to_wire_actions(actions, space, layout, n: int, out) -> None:
+    """The policy's actions written into `out` (the reply frame's view: the layout's dtype and
+    shape) as the wire carries them; InvalidActionError for what no cast fixes."""
     import numpy as np
     from gymnasium import spaces
 
@@ -95,10 +95,7 @@ def to_wire_actions(actions, space, layout, n: int, out=None) -> bytes | None:
             f"{(n, *field.shape)}, one action per row, for {space}.")
     if not isinstance(space, spaces.Box) and a.dtype.kind not in "iu":
         raise InvalidActionError(f"The policy returned actions of dtype {a.dtype}: expected integers for {space}.")
-    if out is None:
-        return np.ascontiguousarray(a, dtype=field.dtype).tobytes()
     out[...] = a  # the cast np.ascontiguousarray(a, dtype) makes (the referee checks the values it gets)
-    return None
 
 
 def serve(rfd: int, wfd: int) -> None:

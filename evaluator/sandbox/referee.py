@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .. import errors
+from ..actors import row_positions
 from ..agents import CODE_BEARING
 from ..envs import make_env, resolve_env
 from ..job import Job, JobOutcome, describe, recorded_outcome
@@ -108,7 +109,6 @@ class RemotePlayer:
         self._frame = bytearray(wire.HEADER.size + wire.obs_frame_bytes(self.obs_layout, rows))
         self._flags, self._seeds, self._obs = wire.decode_obs_body(
             memoryview(self._frame)[wire.HEADER.size:], self.obs_layout, rows, copy=False)
-        self._own = np.arange(rows, dtype=np.uint8) % N_SLOTS  # positions of calls that give none
         self._pollers = {}
         for fd, event in ((self.wfd, select.POLLOUT), (self.rfd, select.POLLIN)):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -224,9 +224,7 @@ class RemotePlayer:
             raise ValueError(f"a call of {len(rows.live)} rows on a channel of {self.rows}")
         if rows.live.dtype != np.bool_ or rows.started.dtype != np.bool_:  # masks, never indices
             raise ValueError(f"row flags of dtype {rows.live.dtype}/{rows.started.dtype}: expected bool")
-        positions = self._own if rows.positions is None else np.asarray(rows.positions)
-        if positions.shape != shape or positions.dtype.kind not in "iu" or (positions > wire.POSITION_MASK).any():
-            raise ValueError(f"row positions must be {self.rows} integers below {wire.POSITION_MASK + 1}")
+        positions = row_positions(rows, self.rows)  # each < N_SLOTS: fits the flags' position bits
         try:
             self.obs_layout.encode_into(obs, self.rows, self._obs)
         except ValueError as err:

@@ -76,16 +76,13 @@ class Layout:
     def encode(self, batch: Any, n: int) -> bytes:
         """Bytes of `batch` ((n, *shape) array, or a dict of them), cast to the layout's dtypes.
         Raises ValueError when the batch does not have the layout's shapes."""
-        parts = []
-        for f in self.fields:
-            a = np.asarray(batch[f.key] if self.is_dict else batch)
-            if a.shape != (n, *f.shape):
-                raise ValueError(f"shape {a.shape}, expected {(n, *f.shape)}")
-            parts.append(np.ascontiguousarray(a, dtype=f.dtype).tobytes())
-        return b"".join(parts)
+        data = bytearray(self.batch_bytes(n))
+        self.encode_into(batch, n, self.decode(data, n, copy=False))
+        return bytes(data)
 
     def encode_into(self, batch: Any, n: int, views: Any) -> None:
-        """`encode`, written into `views` (what `decode(..., copy=False)` gave for a frame buffer)."""
+        """`batch` cast into `views` (what `decode(..., copy=False)` gave for a frame buffer);
+        ValueError when the batch does not have the layout's shapes."""
         for f in self.fields:
             a = np.asarray(batch[f.key] if self.is_dict else batch)
             if a.shape != (n, *f.shape):
